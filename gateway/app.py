@@ -1,0 +1,189 @@
+"""The app factory: wiring only. Sources, the pipeline, the store and the workers meet here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gateway import destinations as destination_types
+from gateway import sources as source_types
+from gateway.client_ip import client_ip
+from gateway.config import Config
+from gateway.delivery import Worker
+from gateway.destinations.base import Destination
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.sources.base import Hit, Outcome, Source
+from gateway.store import Store
+
+log = structlog.get_logger("gateway.app")
+
+CONFIG: Final = web.AppKey("config", Config)
+STORE: Final = web.AppKey("store", Store)
+PIPELINE: Final = web.AppKey("pipeline", Pipeline)
+METRICS: Final = web.AppKey("metrics", Metrics)
+WORKERS: Final = web.AppKey("workers", dict[str, Worker])
+DESTINATIONS: Final = web.AppKey("destinations", Mapping[str, Destination])
+
+BROWSER_STORE_WAIT_S: Final = 5.0
+"""A browser hit waits this long for its commit, then gets its answer anyway."""
+SHUTDOWN_GRACE_S: Final = 6.0
+"""In-flight deliveries get this long on SIGTERM (inside Docker's default 10 s)."""
+
+
+def build_destinations(config: Config) -> dict[str, Destination]:
+    """One Destination object per configured destination."""
+    return {
+        name: destination_types.TYPES[settings.type](name, settings)
+        for name, settings in config.destinations.items()
+    }
+
+
+def create_app(config: Config) -> web.Application:
+    """The gateway as an aiohttp application (the same factory serves tests and `serve`)."""
+    app = web.Application(client_max_size=config.listen.max_body_bytes)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[DESTINATIONS] = build_destinations(config)
+    app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_delivery)
+    for name, settings in config.sources.items():
+        source = source_types.TYPES[name](settings)
+        handler = _browser_handler(source)
+        for method, path in source.routes():
+            app.router.add_route(method, path, handler)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    store = await Store.open(app[CONFIG].storage.path)
+    released = await store.release_leases()
+    if released:
+        log.info("store.recovered_in_flight", deliveries=released)
+    app[STORE] = store
+    app[PIPELINE] = Pipeline(store, app[DESTINATIONS])
+    yield
+    await store.close()
+
+
+async def _delivery(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    async with aiohttp.ClientSession(
+        headers={"User-Agent": "tag-gateway"}, raise_for_status=False
+    ) as session:
+        workers = {name: Worker(dest, store, session) for name, dest in app[DESTINATIONS].items()}
+        app[WORKERS] = workers
+
+        def wake(names: Iterable[str]) -> None:
+            for name in names:
+                if worker := workers.get(name):
+                    worker.wake()
+
+        store.on_queued = wake
+        for worker in workers.values():
+            worker.start()
+        yield
+        for worker in workers.values():
+            await worker.stop(SHUTDOWN_GRACE_S)
+
+
+def _browser_handler(source: Source) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        received = time.time()
+        config = request.app[CONFIG]
+        hit: Hit | None = None
+        outcome = Outcome.OK
+        event_ids: list[str] = []
+        names: list[str] = []
+        try:
+            body = await request.read() if request.can_read_body else b""
+        except web.HTTPRequestEntityTooLarge:
+            outcome, body = Outcome.TOO_LARGE, None
+        if body is not None:
+            hit = Hit(
+                method=request.method,
+                path=request.path,
+                query=request.query,
+                query_string=request.query_string,
+                body=body,
+                content_type=request.headers.get("Content-Type"),
+                cookies=request.cookies,
+                client_ip=client_ip(
+                    request.remote,
+                    request.headers.get("X-Forwarded-For"),
+                    config.trusted_proxies,
+                ),
+                user_agent=request.headers.get("User-Agent"),
+                received_at=received,
+                referer=request.headers.get("Referer"),
+                gpc=request.headers.get("Sec-GPC", "").strip() == "1",
+            )
+            outcome = await _ingest(request.app, source, hit, event_ids, names)
+        request.app[METRICS].hits.labels(source.name, str(outcome)).inc()
+        log.info(
+            "hit",
+            source=source.name,
+            outcome=str(outcome),
+            event_ids=event_ids,
+            event_names=names,
+            latency_ms=round((time.time() - received) * 1000, 2),
+        )
+        return source.answer(hit)
+
+    return handle
+
+
+async def _ingest(
+    app: web.Application, source: Source, hit: Hit, event_ids: list[str], names: list[str]
+) -> Outcome:
+    try:
+        parsed = source.parse(hit)
+    except Exception as exc:  # bad input never breaks a page
+        log.warning("hit.malformed", source=source.name, error=type(exc).__name__)
+        return Outcome.MALFORMED
+    if not parsed.events:
+        return parsed.outcome
+    event_ids.extend(e.event_id for e in parsed.events)
+    names.extend(e.event_name for e in parsed.events)
+    try:
+        stored = await app[PIPELINE].ingest_shielded(
+            parsed.events, source.settings.send_to, BROWSER_STORE_WAIT_S
+        )
+    except Exception as exc:
+        log.error("hit.store_failed", source=source.name, error=type(exc).__name__)
+        return Outcome.STORE_ERROR
+    if stored is None:
+        log.warning("hit.store_slow", source=source.name, waited_s=BROWSER_STORE_WAIT_S)
+    return parsed.outcome
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    store = request.app.get(STORE)
+    if store is None:
+        return web.json_response({"status": "starting"}, status=503)
+    try:
+        await store.write(_probe)
+    except Exception as exc:
+        return web.json_response({"status": "storage", "error": type(exc).__name__}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _probe(conn: object) -> None:
+    return None
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

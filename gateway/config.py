@@ -1,0 +1,303 @@
+"""Loading a config: YAML, `${ENV}` substitution, validation into typed immutable settings.
+
+Every problem is reported with its YAML key path (`destinations.meta.pixel_id: required`), all of
+them at once, and never with a secret's value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from gateway import destinations, sources
+from gateway.settings import DestinationSettings, SourceSettings, StrictModel
+
+ENV_VAR: Final = "TAG_GATEWAY_CONFIG"
+EMBEDDED: Final = "embedded default"
+_PLACEHOLDER: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+M = TypeVar("M", bound=BaseModel)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A config that cannot run; `problems` has one line per problem, each naming its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Listen(StrictModel):
+    """Where `serve` listens."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+
+
+class Storage(StrictModel):
+    """The SQLite file of the outbox and the delivery log."""
+
+    path: str = "./tag-gateway.sqlite3"
+    retention_days: int = Field(default=30, ge=1, le=3650)
+
+
+class Cookies(StrictModel):
+    """First-party cookies refreshed on pixel answers."""
+
+    domain: str
+    max_age_days: int = Field(default=90, ge=1, le=400)
+
+
+class Script(StrictModel):
+    """A vendor script served first-party."""
+
+    path: str = Field(pattern=r"^/")
+    upstream: str = Field(pattern=r"^https?://")
+    ttl: str = "1h"
+    rewrite: dict[str, str] = Field(default_factory=dict)
+
+
+class ConsentSettings(StrictModel):
+    """How consent is decided when a hit carries no signal, and whether GPC is honoured."""
+
+    default: Literal["granted", "denied"] = "granted"
+    honor_gpc: bool = True
+
+
+class Admin(StrictModel):
+    """`GET /admin`, enabled only with a token."""
+
+    token: SecretStr
+
+
+class _Document(StrictModel):
+    """The top level but for destinations and sources, which their own modules' models check."""
+
+    listen: Listen = Listen()
+    trusted_proxies: tuple[str, ...] = ()
+    storage: Storage = Storage()
+    cookies: Cookies | None = None
+    scripts: tuple[Script, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    admin: Admin | None = None
+    consent: ConsentSettings = ConsentSettings()
+    rules: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated config: what the rest of the gateway reads."""
+
+    listen: Listen
+    trusted_proxies: tuple[IPNetwork, ...]
+    storage: Storage
+    destinations: Mapping[str, DestinationSettings]
+    sources: Mapping[str, SourceSettings]
+    cookies: Cookies | None
+    scripts: tuple[Script, ...]
+    allowed_origins: tuple[str, ...]
+    admin: Admin | None
+    consent: ConsentSettings
+    rules: tuple[Mapping[str, Any], ...]
+    origin: str = EMBEDDED
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """Every secret value, so log output can be checked against them."""
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def locate(path: str | None) -> str | None:
+    """`--config FILE`, else `$TAG_GATEWAY_CONFIG`, else None for the embedded default."""
+    return path or os.environ.get(ENV_VAR) or None
+
+
+def embedded_text() -> str:
+    """The embedded default config (`gateway/default.yaml`)."""
+    return resources.files("gateway").joinpath("default.yaml").read_text("utf-8")
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the config `path` (or the located one); raise ConfigError listing every problem."""
+    located = locate(path)
+    if located is None:
+        return parse(embedded_text(), EMBEDDED, env)
+    try:
+        text = Path(located).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{located}: cannot read ({exc.strerror})"]) from exc
+    return parse(text, located, env)
+
+
+def parse(text: str, origin: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate YAML text into a Config."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError([f"{origin}: not valid YAML{where}"]) from exc
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([f"{origin}: the top level must be a mapping"])
+    problems: list[str] = []
+    document = _substitute(document, os.environ if env is None else env, "", problems)
+    # Destinations and sources are validated apart, so one bad key elsewhere hides nothing.
+    dests_raw = _mapping(document.pop("destinations", None), "destinations", problems)
+    dests = _destinations(dests_raw, problems)
+    srcs = _sources(_mapping(document.pop("sources", None), "sources", problems), problems)
+    raw = _validate(_Document, document, "", problems)
+    proxies = _networks(raw.trusted_proxies if raw else (), problems)
+    _cross_check(dests_raw.keys(), srcs, problems)
+    if problems or raw is None:
+        raise ConfigError(problems)
+    secrets = [s.get_secret_value() for d in dests.values() for s in d.secrets()]
+    secrets += [s.get_secret_value() for src in srcs.values() for s in _source_secrets(src)]
+    if raw.admin:
+        secrets.append(raw.admin.token.get_secret_value())
+    return Config(
+        listen=raw.listen,
+        trusted_proxies=proxies,
+        storage=raw.storage,
+        destinations=dests,
+        sources=srcs,
+        cookies=raw.cookies,
+        scripts=raw.scripts,
+        allowed_origins=raw.allowed_origins,
+        admin=raw.admin,
+        consent=raw.consent,
+        rules=raw.rules,
+        origin=origin,
+        secrets=tuple(s for s in secrets if s),
+    )
+
+
+def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(f"{path or '<top>'}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _PLACEHOLDER.sub(replace, node)
+    if isinstance(node, dict):
+        return {k: _substitute(v, env, _join(path, str(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    return node
+
+
+def _mapping(node: object, path: str, problems: list[str]) -> dict[str, Any]:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        problems.append(f"{path}: must be a mapping")
+        return {}
+    return {str(k): v for k, v in node.items()}
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _validate(model: type[M], data: object, path: str, problems: list[str]) -> M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe(exc, path))
+        return None
+
+
+def _describe(exc: ValidationError, prefix: str) -> list[str]:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = prefix
+        for part in error["loc"]:
+            where = f"{where}[{part}]" if isinstance(part, int) else _join(where, str(part))
+        kind = error["type"]
+        if kind == "missing":
+            message = "required"
+        elif kind == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = error["msg"][:1].lower() + error["msg"][1:]
+        lines.append(f"{where or '<top>'}: {message}")
+    return lines
+
+
+def _destinations(raw: dict[str, Any], problems: list[str]) -> dict[str, DestinationSettings]:
+    out: dict[str, DestinationSettings] = {}
+    for name, body in raw.items():
+        path = f"destinations.{name}"
+        if not isinstance(body, dict):
+            problems.append(f"{path}: must be a mapping")
+            continue
+        kind = body.get("type")
+        if kind is None:
+            problems.append(f"{path}.type: required")
+            continue
+        cls = destinations.TYPES.get(str(kind))
+        if cls is None:
+            known = ", ".join(sorted(destinations.TYPES))
+            problems.append(f"{path}.type: unknown type '{kind}' (known: {known})")
+            continue
+        settings = _validate(cls.settings_model, body, path, problems)
+        if settings is not None:
+            out[name] = settings
+    return out
+
+
+def _sources(raw: dict[str, Any], problems: list[str]) -> dict[str, SourceSettings]:
+    out: dict[str, SourceSettings] = {}
+    for name, body in raw.items():
+        cls = sources.TYPES.get(name)
+        if cls is None:
+            known = ", ".join(sorted(sources.TYPES))
+            problems.append(f"sources.{name}: unknown source (known: {known})")
+            continue
+        settings = _validate(cls.settings_model, body or {}, f"sources.{name}", problems)
+        if settings is not None:
+            out[name] = settings
+    return out
+
+
+def _networks(raw: tuple[str, ...], problems: list[str]) -> tuple[IPNetwork, ...]:
+    nets = []
+    for i, text in enumerate(raw):
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            problems.append(f"trusted_proxies[{i}]: not an IP network: {text!r}")
+    return tuple(nets)
+
+
+def _cross_check(
+    dests: Iterable[str],
+    srcs: Mapping[str, SourceSettings],
+    problems: list[str],
+) -> None:
+    known = set(dests)
+    for name, src in srcs.items():
+        for i, target in enumerate(src.send_to):
+            if target not in known:
+                problems.append(f"sources.{name}.send_to[{i}]: unknown destination '{target}'")
+
+
+def _source_secrets(settings: SourceSettings) -> tuple[SecretStr, ...]:
+    keys = getattr(settings, "api_keys", ())
+    return tuple(k for k in keys if isinstance(k, SecretStr))

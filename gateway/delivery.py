@@ -1,0 +1,243 @@
+"""Moving rows from the outbox to the destinations: one worker per destination.
+
+A worker leases due rows, lets its destination build the requests, makes them, and writes each
+outcome back. It never holds more than one batch in memory, so a million queued events cost
+nothing but disk. One destination failing slows no other: each has its own worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+import structlog
+
+from gateway.destinations.base import Answer, Destination, Item, OutRequest, Result, Verdict
+from gateway.store import Claimed, Finished, Status, Store
+
+log = structlog.get_logger("gateway.delivery")
+
+IDLE_RECHECK_S = 1.0
+"""How often an idle worker looks for retries that fell due (a new row wakes it at once)."""
+
+
+def backoff_s(
+    attempt: int,
+    base_ms: int,
+    max_ms: int,
+    retry_after_s: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Delay before the next try: capped exponential backoff with full jitter, never sooner
+    than the platform's `Retry-After`.
+    """
+    cap = min(max_ms, base_ms * 2 ** max(0, attempt - 1)) / 1000
+    delay = (rng or random).uniform(0, cap)
+    return max(delay, retry_after_s or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdicts:
+    """One verdict per item of a request, with the HTTP facts for the log."""
+
+    items: Sequence[Item]
+    result: Result
+    http_status: int | None
+    latency_ms: float
+
+
+async def transport(
+    session: aiohttp.ClientSession, request: OutRequest, timeout_s: float
+) -> Answer:
+    """Make one HTTP request; timeouts and socket errors become an Answer with no status."""
+    try:
+        async with session.request(
+            request.method,
+            request.url,
+            data=request.body,
+            headers=dict(request.headers),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as response:
+            body = await response.read()
+            return Answer(response.status, body, dict(response.headers))
+    except TimeoutError:
+        return Answer(None, b"", {}, error=f"timeout after {timeout_s:.1f}s")
+    except aiohttp.ClientError as exc:
+        return Answer(None, b"", {}, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+class Worker:
+    """Delivers one destination's queue."""
+
+    def __init__(
+        self, destination: Destination, store: Store, session: aiohttp.ClientSession
+    ) -> None:
+        self.destination = destination
+        self.store = store
+        self.session = session
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """New rows were queued for this destination."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run in the background until `stop`."""
+        self._task = asyncio.create_task(self._run(), name=f"deliver-{self.destination.name}")
+
+    async def stop(self, grace_s: float) -> None:
+        """Let the batch in flight finish within `grace_s`, then cancel (its lease is released
+        on the next boot, so nothing is lost)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        settings = self.destination.settings
+        lease_s = max(60.0, settings.timeout_ms / 1000 * 4)
+        while not self._stopping:
+            try:
+                self._wake.clear()
+                claimed = await self.store.claim(
+                    self.destination.name, self.destination.batch_size, lease_s
+                )
+                if claimed:
+                    await self.deliver(claimed)
+                    continue
+                await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a worker must outlive any one bad batch
+                log.error(
+                    "delivery.worker_error",
+                    destination=self.destination.name,
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                )
+                await asyncio.sleep(IDLE_RECHECK_S)
+
+    async def _idle(self) -> None:
+        due = await self.store.next_due(self.destination.name)
+        timeout = IDLE_RECHECK_S if due is None else min(max(due - time.time(), 0), IDLE_RECHECK_S)
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return
+        wait_ms = self.destination.settings.batch.max_wait_ms
+        if wait_ms and not self._stopping:
+            # The queue had run dry: give a batch a moment to fill before sending.
+            await asyncio.sleep(wait_ms / 1000)
+
+    async def deliver(self, claimed: Sequence[Claimed]) -> None:
+        """Send one claimed batch and write every outcome back."""
+        now = time.time()
+        dest = self.destination
+        finished: list[Finished] = []
+        items: list[Item] = []
+        attempts = {c.id: c for c in claimed}
+        for row in claimed:
+            if dest.max_age_s is not None and row.event_time < now - dest.max_age_s:
+                # Never sent, never batched with fresh events: the platform refuses it whole.
+                finished.append(
+                    self._final(row, Status.DEAD, "older than the platform's age limit", now)
+                )
+            elif row.payload is None:
+                finished.append(self._final(row, Status.DEAD, "payload missing", now))
+            else:
+                items.append(Item(row.id, orjson.loads(row.payload)))
+        verdicts: list[_Verdicts] = []
+        for request in dest.build_requests(items) if items else []:
+            verdicts.extend(await self._send(request))
+        for v in verdicts:
+            for item in v.items:
+                finished.append(self._outcome(attempts[item.delivery_id], v, now))
+        await self.store.finish(finished)
+
+    async def _send(self, request: OutRequest) -> list[_Verdicts]:
+        dest = self.destination
+        started = time.perf_counter()
+        if dest.sends:
+            answer = await transport(self.session, request, dest.settings.timeout_ms / 1000)
+        else:
+            answer = Answer(None, b"", {})
+        latency_ms = (time.perf_counter() - started) * 1000
+        result = dest.classify(request, answer)
+        log.info(
+            "delivery.attempt",
+            destination=dest.name,
+            events=len(request.items),
+            verdict=str(result.verdict),
+            http_status=answer.status,
+            latency_ms=round(latency_ms, 1),
+            message=result.message[:300],
+        )
+        if result.verdict is Verdict.SPLIT and len(request.items) > 1:
+            # One bad event refused the whole batch: halve until it stands alone.
+            half = len(request.items) // 2
+            out: list[_Verdicts] = []
+            for part in (request.items[:half], request.items[half:]):
+                for sub in dest.build_requests(part):
+                    out.extend(await self._send(sub))
+            return out
+        if result.verdict is Verdict.SPLIT:
+            result = Result(Verdict.DEAD, result.message)
+        return [_Verdicts(request.items, result, answer.status, latency_ms)]
+
+    def _outcome(self, row: Claimed, v: _Verdicts, now: float) -> Finished:
+        dest = self.destination
+        retry = dest.settings.retry
+        attempts = row.attempts + 1
+        status = Status.DEAD
+        next_at = now
+        message = v.result.message
+        if v.result.verdict is Verdict.SENT:
+            status = Status.SENT
+        elif v.result.verdict is Verdict.RETRY:
+            next_at = now + backoff_s(attempts, retry.base_ms, retry.max_ms, v.result.retry_after_s)
+            too_old = dest.max_age_s is not None and row.event_time < next_at - dest.max_age_s
+            if attempts >= retry.max_attempts:
+                message = f"gave up after {attempts} attempts: {message}"
+            elif too_old:
+                message = f"would pass the platform's age limit before the next try: {message}"
+            else:
+                status = Status.FAILED
+        return Finished(
+            id=row.id,
+            status=status,
+            attempts=attempts,
+            next_attempt_at=next_at,
+            http_status=v.http_status,
+            message=message,
+            latency_ms=v.latency_ms,
+            first_attempt_at=row.first_attempt_at or now,
+            # A dead row keeps its payload so an operator can fix the cause and replay it;
+            # retention prunes it. A sent one has no use for it.
+            erase_payload=status is Status.SENT and not dest.keeps_payload,
+        )
+
+    def _final(self, row: Claimed, status: Status, message: str, now: float) -> Finished:
+        return Finished(
+            id=row.id,
+            status=status,
+            attempts=row.attempts,
+            next_attempt_at=now,
+            http_status=None,
+            message=message,
+            latency_ms=None,
+            first_attempt_at=row.first_attempt_at or now,
+            erase_payload=not self.destination.keeps_payload,
+        )

@@ -1,0 +1,17 @@
+"""Destination types by their `type:` key. Adding a platform: one module, one line here."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from gateway.destinations.base import Destination
+from gateway.destinations.dry_run import DryRun
+from gateway.destinations.meta_capi import MetaCapi
+
+TYPES: Final[dict[str, type[Destination]]] = {cls.type: cls for cls in (MetaCapi, DryRun)}
+
+# dry_run records a hit in its own vendor's format, or in any type's format by name.
+for _cls in TYPES.values():
+    DryRun.previews[_cls.type] = _cls.preview
+    if _cls.vendor:
+        DryRun.previews.setdefault(_cls.vendor, _cls.preview)

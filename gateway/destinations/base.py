@@ -1,0 +1,151 @@
+"""What every destination is: a pure payload builder, a request builder and a response classifier.
+
+The delivery worker (`gateway/delivery.py`) owns the HTTP, the batching and the retries; a
+destination only knows its vendor's formats. `prepare` runs on arrival, in memory: what it returns
+is what gets stored, so it is where personal data is normalized and hashed.
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar
+
+from gateway.event import JSON, Event
+from gateway.settings import DestinationSettings
+
+
+class Verdict(StrEnum):
+    """What an answer means for the events a request carried."""
+
+    SENT = "sent"
+    RETRY = "retry"  # transient: try again later
+    DEAD = "dead"  # final: never try again
+    SPLIT = "split"  # the whole batch was refused for one bad event: split it and resend
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """`prepare` refused the event: it can never be delivered to this destination."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One queued delivery handed to a destination: its row id and stored payload."""
+
+    delivery_id: int
+    payload: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class OutRequest:
+    """One HTTP request a destination wants made, and which items it carries."""
+
+    method: str
+    url: str
+    items: Sequence[Item]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What came back: an HTTP answer, or None with an error for timeouts and socket errors."""
+
+    status: int | None
+    body: bytes
+    headers: Mapping[str, str]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The verdict on one request (applies to all its items)."""
+
+    verdict: Verdict
+    message: str
+    retry_after_s: float | None = None
+
+
+class Destination(ABC):
+    """A platform the gateway delivers to. Subclasses know one vendor's API and nothing else."""
+
+    type: ClassVar[str]
+    vendor: ClassVar[str | None] = None
+    settings_model: ClassVar[builtins.type[DestinationSettings]]
+    max_batch: ClassVar[int] = 1000
+    """The platform's own per-request event limit."""
+    max_age_s: ClassVar[int | None] = None
+    """Events older than this are never sent (the platform would refuse them)."""
+    sends: ClassVar[bool] = True
+    """False for destinations that record instead of making requests (`dry_run`)."""
+    keeps_payload: ClassVar[bool] = False
+    """True when the stored payload is the record itself (`dry_run`) and outlives delivery."""
+
+    def __init__(self, name: str, settings: DestinationSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    @property
+    def batch_size(self) -> int:
+        """Events per request: the configured size, never above the platform's limit."""
+        configured = self.settings.batch.max_events
+        return min(configured, self.max_batch) if configured else self.max_batch
+
+    @classmethod
+    def preview(cls, event: Event) -> JSON | None:
+        """This vendor's per-event payload with default options, for `dry_run`; None if none."""
+        return None
+
+    def accepts(self, event: Event) -> bool:
+        """Whether this destination wants the event at all (beyond routing and `events:`)."""
+        return True
+
+    @abstractmethod
+    def prepare(self, event: Event) -> JSON | Rejected:
+        """The stored per-event payload: normalized, hashed, vendor-shaped. Pure."""
+
+    @abstractmethod
+    def build_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        """Requests carrying these items (each within the platform's limits). Pure."""
+
+    @abstractmethod
+    def classify(self, request: OutRequest, answer: Answer) -> Result:
+        """The verdict on one answer, by the platform's own codes first. Pure."""
+
+    def describe(self) -> str:
+        """A one-line, secret-free summary for `tag-gateway check`."""
+        return self.type
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`Retry-After` in seconds (delta form; an HTTP date is read as unknown)."""
+    raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def classify_by_status(answer: Answer, message: str | None = None) -> Result:
+    """The fallback when a platform gives no code of its own (contract §8).
+
+    408, 429, 5xx, timeouts and connection errors are transient; other 4xx are final.
+    """
+    status = answer.status
+    text = message or answer.error or answer.body[:300].decode("utf-8", "replace")
+    if status is None:
+        return Result(Verdict.RETRY, text or "no answer")
+    if 200 <= status < 300:
+        return Result(Verdict.SENT, text)
+    if status in (408, 429) or status >= 500:
+        return Result(Verdict.RETRY, text, retry_after_seconds(answer.headers))
+    return Result(Verdict.DEAD, text)

@@ -1,0 +1,97 @@
+"""`dry_run`: records the payload it would send, sends nothing.
+
+With `format: auto` (the default) a hit is recorded in the format of its own vendor's server API
+(a Meta pixel hit as a Conversions API event, and so on); server events, and `format: canonical`,
+are recorded as the canonical event with its personal data hashed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from decimal import Decimal
+from typing import ClassVar, Literal
+
+from gateway.destinations.base import (
+    Answer,
+    Destination,
+    Item,
+    OutRequest,
+    Rejected,
+    Result,
+    Verdict,
+)
+from gateway.destinations.meta_capi import meta_user_data
+from gateway.event import JSON, Event
+from gateway.settings import DestinationSettings
+
+
+class DryRunSettings(DestinationSettings):
+    """`type: dry_run`."""
+
+    type: Literal["dry_run"]
+    format: str = "auto"
+    """`auto`, `canonical`, or a destination type whose payload to record (`meta_capi`, ...)."""
+
+
+def _plain(value: object) -> JSON:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v not in (None, (), {})}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def canonical_payload(event: Event) -> JSON:
+    """The canonical event as JSON, user data hashed (Meta's rules) and never in plain text."""
+    hashed = meta_user_data(event.user)
+    body = {
+        "event_id": event.event_id,
+        "event_name": event.event_name,
+        "event_time": event.event_time,
+        "action_source": event.action_source,
+        "event_source_url": event.event_source_url,
+        "referrer": event.referrer,
+        "user": hashed,
+        "custom": _plain(asdict(event.custom)),
+        "consent": {
+            k: str(v) for k, v in asdict(event.consent).items() if k != "basis" and v is not None
+        },
+        "source": event.source,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+class DryRun(Destination):
+    """Records, never sends."""
+
+    type = "dry_run"
+    settings_model = DryRunSettings
+    max_batch = 1000
+    sends = False
+    keeps_payload = True
+
+    settings: DryRunSettings
+    previews: ClassVar[dict[str, Callable[[Event], JSON | None]]] = {}
+    """Filled by the registry: vendor or destination type → that format's payload builder."""
+
+    def prepare(self, event: Event) -> JSON | Rejected:
+        wanted = self.settings.format
+        if wanted == "auto":
+            vendor = event.raw.vendor if event.raw else None
+            builder = self.previews.get(vendor) if vendor else None
+        else:
+            builder = self.previews.get(wanted)
+        built = builder(event) if builder else None
+        return built if built is not None else canonical_payload(event)
+
+    def build_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        return [OutRequest("RECORD", "dry-run:", items)]
+
+    def classify(self, request: OutRequest, answer: Answer) -> Result:
+        return Result(Verdict.SENT, "dry run: recorded, not sent")
+
+    def describe(self) -> str:
+        return f"dry_run (format {self.settings.format}), sends nothing"

@@ -1,0 +1,309 @@
+"""Meta Conversions API: server events to `{endpoint}/{api_version}/{pixel_id}/events`.
+
+Payload, hashing rules and error codes: platforms.md §1.2 and §1.3.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+import orjson
+from pydantic import Field, SecretStr
+
+from gateway import __version__, names, pii
+from gateway.destinations.base import (
+    Answer,
+    Destination,
+    Item,
+    OutRequest,
+    Rejected,
+    Result,
+    Verdict,
+    classify_by_status,
+)
+from gateway.event import JSON, Event, User
+from gateway.hashing import hash_normalized
+from gateway.settings import DestinationSettings
+
+DEFAULT_ENDPOINT: Final = "https://graph.facebook.com"
+DEFAULT_API_VERSION: Final = "v25.0"
+PARTNER_AGENT: Final = f"tag-gateway-{__version__}"
+SEVEN_DAYS: Final = 7 * 24 * 3600
+
+
+class MetaCapiSettings(DestinationSettings):
+    """`type: meta_capi`."""
+
+    type: Literal["meta_capi"]
+    pixel_id: str = Field(pattern=r"^[0-9]{5,20}$")
+    access_token: SecretStr
+    test_event_code: str | None = None
+    endpoint: str = Field(default=DEFAULT_ENDPOINT, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+    api_version: str = Field(default=DEFAULT_API_VERSION, pattern=r"^v[0-9]+\.[0-9]+$")
+    partner_agent: str = PARTNER_AGENT
+
+    def secrets(self) -> tuple[SecretStr, ...]:
+        return (self.access_token,)
+
+
+# --- normalization (platforms.md §1.3) -------------------------------------------------------
+
+
+def _phone(user: User) -> Callable[[str], str | None]:
+    def normalize(raw: str) -> str | None:
+        e164 = pii.phone_e164(raw, user.country)
+        return e164[1:] if e164 else (pii.digits(raw).lstrip("0") or None)
+
+    return normalize
+
+
+def _state(user: User) -> Callable[[str], str | None]:
+    def normalize(raw: str) -> str | None:
+        country = pii.country_code(user.country) if user.country else None
+        if country in (None, "us"):
+            code = pii.us_state_code(raw)
+            if code:
+                return code
+        return pii.letters_only(raw) or None
+
+    return normalize
+
+
+def _zip(user: User) -> Callable[[str], str | None]:
+    def normalize(raw: str) -> str | None:
+        value = re.sub(r"[\s-]+", "", pii.nfc(raw).lower())
+        country = pii.country_code(user.country) if user.country else None
+        if country == "us" or (country is None and re.fullmatch(r"\d{5}(\d{4})?", value)):
+            return value[:5] or None
+        return value or None
+
+    return normalize
+
+
+def _lower(raw: str) -> str | None:
+    return pii.nfc(raw).lower() or None
+
+
+def _letters(raw: str) -> str | None:
+    return pii.letters_only(raw) or None
+
+
+def meta_user_data(user: User) -> dict[str, str]:
+    """`user_data` by Meta's rules: match keys hashed, IP, UA, fbp and fbc as they are."""
+    rules: dict[str, tuple[str | None, Callable[[str], str | None]]] = {
+        "em": (user.email, pii.email),
+        "ph": (user.phone, _phone(user)),
+        "fn": (user.first_name, _letters),
+        "ln": (user.last_name, _letters),
+        "ge": (user.gender, pii.gender_initial),
+        "db": (user.date_of_birth, pii.date_yyyymmdd),
+        "ct": (user.city, _letters),
+        "st": (user.state, _state(user)),
+        "zp": (user.zip, _zip(user)),
+        "country": (user.country, pii.country_code),
+        "external_id": (user.external_id, _lower),
+    }
+    out: dict[str, str] = {}
+    for key, (value, normalize) in rules.items():
+        hashed = hash_normalized(value, normalize)
+        if hashed:
+            out[key] = hashed
+    clear = {
+        "client_ip_address": user.client_ip,
+        "client_user_agent": user.user_agent,
+        "fbp": user.fbp,
+        "fbc": user.fbc,
+    }
+    out.update({k: v for k, v in clear.items() if v})
+    return out
+
+
+def _number(value: Decimal | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def meta_custom_data(event: Event) -> dict[str, JSON]:
+    """`custom_data` from the canonical `custom` (platforms.md §4.3)."""
+    custom = event.custom
+    data: dict[str, JSON] = dict(custom.extra)
+    contents = [
+        {
+            k: v
+            for k, v in (
+                ("id", c.id),
+                ("quantity", c.quantity),
+                ("item_price", _number(c.item_price)),
+            )
+            if v is not None
+        }
+        for c in custom.contents
+    ]
+    content_ids = list(custom.content_ids) or [c.id for c in custom.contents]
+    fields: dict[str, JSON] = {
+        "value": _number(custom.value),
+        "currency": custom.currency.upper() if custom.currency else None,
+        "order_id": custom.order_id,
+        "contents": contents or None,
+        "content_ids": content_ids or None,
+        "content_type": custom.content_type,
+        "content_name": custom.content_name,
+        "content_category": custom.content_category,
+        "num_items": custom.num_items,
+        "search_string": custom.search_string,
+    }
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return data
+
+
+# Since v13.0 an event whose customer information is only one of these sets is invalid (2804050).
+_INSUFFICIENT: Final = (
+    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
+    frozenset({"db", "client_user_agent"}),
+    frozenset({"fn", "ge"}),
+    frozenset({"ln", "ge"}),
+)
+
+
+def server_event(event: Event) -> dict[str, JSON]:
+    """One `data[]` element of a Conversions API request."""
+    body: dict[str, JSON] = {
+        "event_name": names.from_canonical("meta", event.event_name),
+        "event_time": event.event_time,
+        "event_id": event.event_id,
+        "action_source": event.action_source,
+        "user_data": meta_user_data(event.user),
+    }
+    if event.event_source_url:
+        body["event_source_url"] = event.event_source_url
+    if event.referrer:
+        body["referrer_url"] = event.referrer
+    custom = meta_custom_data(event)
+    if custom:
+        body["custom_data"] = custom
+    meta = event.vendor_data.get("meta", {})
+    if "dpo" in meta:
+        options = [o for o in str(meta["dpo"]).split(",") if o]
+        body["data_processing_options"] = options
+        if options:
+            body["data_processing_options_country"] = _int(meta.get("dpoco"))
+            body["data_processing_options_state"] = _int(meta.get("dpost"))
+    return body
+
+
+def _int(raw: object) -> int:
+    try:
+        return int(str(raw))
+    except ValueError:
+        return 0
+
+
+def invalid_reason(payload: dict[str, Any]) -> str | None:
+    """Why Meta would refuse this event (and with it the whole batch), or None."""
+    user_keys = frozenset(payload.get("user_data", {}))
+    if not user_keys:
+        return "user_data: no customer information"
+    if any(user_keys <= bad for bad in _INSUFFICIENT):
+        return "user_data: insufficient customer information (Meta 2804050)"
+    if payload["action_source"] == "website":
+        if "client_user_agent" not in user_keys:
+            return "user_data.client_user_agent: required for website events"
+        if "event_source_url" not in payload:
+            return "event_source_url: required for website events"
+    if payload["event_name"] == "Purchase":
+        custom = payload.get("custom_data", {})
+        if "value" not in custom or "currency" not in custom:
+            return "custom_data: Purchase needs value and currency"
+    return None
+
+
+# --- answers (platforms.md §1.2) -------------------------------------------------------------
+
+_RETRY_CODES: Final = frozenset({1, 2, 4, 17, 341, 368, 80003})
+_CONFIG_CODES: Final = frozenset({190})
+
+
+def classify_meta(answer: Answer, batch_size: int) -> Result:
+    """Meta's answer by `error.code` / `error_subcode`, never by its localised text."""
+    try:
+        body = orjson.loads(answer.body) if answer.body else None
+    except orjson.JSONDecodeError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        if answer.status is not None and 200 <= answer.status < 300 and isinstance(body, dict):
+            return Result(Verdict.SENT, f"events_received={body.get('events_received')}")
+        return classify_by_status(answer)
+    code, subcode = error.get("code"), error.get("error_subcode")
+    text = f"{code}/{subcode}: {error.get('message', '')}"
+    if user_msg := error.get("error_user_msg"):
+        text += f" ({user_msg})"
+    if code in _RETRY_CODES or (code not in (100, 190) and error.get("is_transient") is True):
+        return Result(Verdict.RETRY, text, classify_by_status(answer).retry_after_s)
+    if code in _CONFIG_CODES or (code == 100 and subcode == 33):
+        return Result(Verdict.DEAD, text)
+    if code == 100:
+        # Invalid parameter: one event spoils the whole request; isolate it.
+        return Result(Verdict.SPLIT if batch_size > 1 else Verdict.DEAD, text)
+    fallback = classify_by_status(answer)
+    return Result(fallback.verdict, text, fallback.retry_after_s)
+
+
+class MetaCapi(Destination):
+    """Meta Conversions API."""
+
+    type = "meta_capi"
+    vendor = "meta"
+    settings_model = MetaCapiSettings
+    max_batch = 1000
+    max_age_s = SEVEN_DAYS  # Meta refuses the whole request for one event older than this.
+
+    settings: MetaCapiSettings
+
+    @classmethod
+    def preview(cls, event: Event) -> JSON:
+        """The server event as it would be sent, for `dry_run`."""
+        return server_event(event)
+
+    def prepare(self, event: Event) -> JSON | Rejected:
+        payload = server_event(event)
+        reason = invalid_reason(payload)
+        return Rejected(reason) if reason else payload
+
+    def build_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        s = self.settings
+        url = f"{s.endpoint.rstrip('/')}/{s.api_version}/{s.pixel_id}/events"
+        size = self.batch_size
+        requests = []
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            body: dict[str, JSON] = {
+                "data": [i.payload for i in chunk],
+                # In the body, not the query string, so no URL ever holds the token.
+                "access_token": s.access_token.get_secret_value(),
+                "partner_agent": s.partner_agent,
+            }
+            if s.test_event_code:
+                body["test_event_code"] = s.test_event_code
+            requests.append(
+                OutRequest(
+                    "POST",
+                    url,
+                    chunk,
+                    {"Content-Type": "application/json"},
+                    orjson.dumps(body),
+                )
+            )
+        return requests
+
+    def classify(self, request: OutRequest, answer: Answer) -> Result:
+        return classify_meta(answer, len(request.items))
+
+    def describe(self) -> str:
+        s = self.settings
+        test = f", test_event_code {s.test_event_code}" if s.test_event_code else ""
+        return f"meta_capi pixel {s.pixel_id} via {s.endpoint} {s.api_version}{test}"

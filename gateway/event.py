@@ -1,0 +1,184 @@
+"""The canonical event: the one shape every source produces and every destination reads.
+
+Raw personal data lives only in these in-memory records; what reaches the disk is what each
+destination's `prepare` made of them (normalized and hashed).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Final
+
+JSON = Any
+"""A value orjson can serialize (str, int, float, bool, None, list, dict)."""
+
+PURPOSES: Final = ("ad_storage", "analytics_storage", "ad_user_data", "ad_personalization")
+
+ACTION_SOURCES: Final = frozenset(
+    {
+        "email",
+        "website",
+        "app",
+        "phone_call",
+        "chat",
+        "physical_store",
+        "system_generated",
+        "business_messaging",
+        "other",
+    }
+)
+
+# Fields that identify a person and are hashed before anything is stored (contract §5, §8).
+HASHED_USER_FIELDS: Final = (
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "gender",
+    "date_of_birth",
+    "city",
+    "state",
+    "zip",
+    "country",
+    "external_id",
+)
+# Identifiers that go to the platforms as they are, never hashed.
+CLEAR_USER_FIELDS: Final = (
+    "client_ip",
+    "user_agent",
+    "fbp",
+    "fbc",
+    "ttp",
+    "ttclid",
+    "gclid",
+    "ga_client_id",
+)
+USER_FIELDS: Final = HASHED_USER_FIELDS + CLEAR_USER_FIELDS
+
+
+class ConsentState(StrEnum):
+    """One purpose's resolved state."""
+
+    GRANTED = "granted"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """Who the event is about. Hashed fields may arrive raw or already hashed (64 hex)."""
+
+    email: str | None = None
+    phone: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    gender: str | None = None
+    date_of_birth: str | None = None
+    city: str | None = None
+    state: str | None = None
+    zip: str | None = None
+    country: str | None = None
+    external_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    fbp: str | None = None
+    fbc: str | None = None
+    ttp: str | None = None
+    ttclid: str | None = None
+    gclid: str | None = None
+    ga_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """One line item (`custom.contents[]`)."""
+
+    id: str
+    quantity: int | None = None
+    item_price: Decimal | None = None
+    name: str | None = None
+    category: str | None = None
+    brand: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Custom:
+    """Business data. Known keys are typed; anything else rides in `extra` unchanged."""
+
+    value: Decimal | None = None
+    currency: str | None = None
+    order_id: str | None = None
+    contents: tuple[Content, ...] = ()
+    content_ids: tuple[str, ...] = ()
+    content_type: str | None = None
+    content_name: str | None = None
+    content_category: str | None = None
+    num_items: int | None = None
+    search_string: str | None = None
+    page_title: str | None = None
+    extra: Mapping[str, JSON] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """The four purposes of contract §7, each resolved or None (no signal)."""
+
+    ad_storage: ConsentState | None = None
+    analytics_storage: ConsentState | None = None
+    ad_user_data: ConsentState | None = None
+    ad_personalization: ConsentState | None = None
+    basis: Mapping[str, str] = field(default_factory=dict)
+    """Which signal decided each purpose (`server`, `gcd`, `gcs`, `tcf`, `default`, `gpc`)."""
+
+    def get(self, purpose: str) -> ConsentState | None:
+        """The state of one purpose by name."""
+        state: ConsentState | None = getattr(self, purpose)
+        return state
+
+    def granted(self, purpose: str) -> bool:
+        """True only when the purpose is explicitly granted."""
+        return self.get(purpose) is ConsentState.GRANTED
+
+
+@dataclass(frozen=True, slots=True)
+class RawHit:
+    """The browser request as it arrived, kept only for a transparent `forward` destination."""
+
+    vendor: str
+    method: str
+    path: str
+    query_string: str
+    body: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One canonical event (contract §5)."""
+
+    event_id: str
+    event_name: str
+    event_time: int
+    source: str
+    action_source: str = "website"
+    event_source_url: str | None = None
+    referrer: str | None = None
+    user: User = field(default_factory=User)
+    custom: Custom = field(default_factory=Custom)
+    consent: Consent = field(default_factory=Consent)
+    received_at: float = field(default_factory=time.time)
+    """When the gateway received it (report windows count by this)."""
+    dedupable: bool = True
+    """False when the source had no event ID and one was generated (the report counts these)."""
+    vendor_data: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
+    """Per-vendor extras only that vendor's destination reads (`vendor_data["meta"]["dpo"]`)."""
+    raw: RawHit | None = None
+
+
+def new_event_id() -> str:
+    """An event ID for a hit that came without one: random, URL-safe, never reused."""
+    return "tg-" + secrets.token_urlsafe(16)

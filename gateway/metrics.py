@@ -1,0 +1,35 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Metrics:
+    """The gateway's counters and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.hits = Counter(
+            "tag_gateway_hits",
+            "Browser and server requests by source and outcome.",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "tag_gateway_deliveries",
+            "Delivery outcomes by destination and status.",
+            ["destination", "status"],
+            registry=self.registry,
+        )
+        self.delivery_latency = Histogram(
+            "tag_gateway_delivery_latency_seconds",
+            "Time for one request to a destination.",
+            ["destination"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

@@ -1,0 +1,54 @@
+"""Canonical event names to and from each platform's names (platforms.md §4.2).
+
+One table, read in both directions. A name not in it passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# canonical: (meta, ga4, tiktok)
+_TABLE: Final[dict[str, tuple[str, str, str]]] = {
+    "page_view": ("PageView", "page_view", "Pageview"),
+    "view_content": ("ViewContent", "view_item", "ViewContent"),
+    "search": ("Search", "search", "Search"),
+    "add_to_cart": ("AddToCart", "add_to_cart", "AddToCart"),
+    "add_to_wishlist": ("AddToWishlist", "add_to_wishlist", "AddToWishlist"),
+    "initiate_checkout": ("InitiateCheckout", "begin_checkout", "InitiateCheckout"),
+    "add_payment_info": ("AddPaymentInfo", "add_payment_info", "AddPaymentInfo"),
+    "purchase": ("Purchase", "purchase", "Purchase"),
+    "lead": ("Lead", "generate_lead", "Lead"),
+    "complete_registration": ("CompleteRegistration", "sign_up", "CompleteRegistration"),
+    "contact": ("Contact", "contact", "Contact"),
+    "subscribe": ("Subscribe", "subscribe", "Subscribe"),
+    "start_trial": ("StartTrial", "start_trial", "StartTrial"),
+}
+_COLUMN: Final = {"meta": 0, "ga4": 1, "tiktok": 2}
+
+# TikTok renamed these on 1 May 2025; the old names still arrive from older pages.
+_LEGACY_INBOUND: Final = {"tiktok": {"CompletePayment": "purchase", "SubmitForm": "lead"}}
+
+_OUTBOUND: Final = {
+    vendor: {canonical: names[col] for canonical, names in _TABLE.items()}
+    for vendor, col in _COLUMN.items()
+}
+_INBOUND: Final = {
+    vendor: {names[col]: canonical for canonical, names in _TABLE.items()}
+    | _LEGACY_INBOUND.get(vendor, {})
+    for vendor, col in _COLUMN.items()
+}
+
+
+def to_canonical(vendor: str, name: str) -> str:
+    """A platform's event name as the canonical snake_case name (unknown names unchanged)."""
+    return _INBOUND[vendor].get(name, name)
+
+
+def from_canonical(vendor: str, name: str) -> str:
+    """The canonical name as the platform calls it (unknown names unchanged)."""
+    return _OUTBOUND[vendor].get(name, name)
+
+
+def is_known(name: str) -> bool:
+    """True for the canonical names of contract §5."""
+    return name in _TABLE

@@ -1,0 +1,55 @@
+"""`tag-gateway serve`: run the app until SIGTERM, then drain and exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from gateway import logs
+from gateway.app import create_app
+from gateway.config import EMBEDDED, Config
+
+log = structlog.get_logger("gateway.server")
+
+
+def serve(config: Config, host: str | None, port: int | None, log_format: str) -> int:
+    """Serve until SIGTERM or SIGINT; aiohttp then stops accepting and runs the cleanups
+    (workers finish in-flight batches, the writer commits what is queued)."""
+    logs.configure("console" if log_format == "console" else "json")
+    bind_host = host or config.listen.host
+    bind_port = port or config.listen.port
+    if config.origin == EMBEDDED:
+        log.warning(
+            "config.embedded_default",
+            note="dry_run only; pass --config or set TAG_GATEWAY_CONFIG for real destinations",
+        )
+    log.info(
+        "serve.start",
+        host=bind_host,
+        port=bind_port,
+        config=config.origin,
+        storage=config.storage.path,
+        destinations=sorted(config.destinations),
+        sources=sorted(config.sources),
+    )
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = asyncio.new_event_loop
+    loop = loop_factory()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        create_app(config),
+        host=bind_host,
+        port=bind_port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=2.0,
+        loop=loop,
+    )
+    log.info("serve.stop")
+    return 0

@@ -1,0 +1,60 @@
+"""Typed building blocks of the config, shared by `config.py` and every source and destination.
+
+Each source and destination module declares its own settings model on top of these, so a
+vendor's keys live beside the code that reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+Purpose = Literal["ad_storage", "analytics_storage", "ad_user_data", "ad_personalization"]
+
+
+class StrictModel(BaseModel):
+    """Immutable, and unknown keys are errors: a typo must never silently disable a rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Batch(StrictModel):
+    """How a destination groups events into requests."""
+
+    max_events: int | None = Field(default=None, ge=1)
+    """At most the platform's own limit; None means that limit."""
+    max_wait_ms: int = Field(default=250, ge=0, le=60_000)
+    """How long a worker waits for a batch to fill once the queue ran dry."""
+
+
+class Retry(StrictModel):
+    """Capped exponential backoff with full jitter."""
+
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    base_ms: int = Field(default=500, ge=1)
+    max_ms: int = Field(default=300_000, ge=1)
+
+
+class DestinationSettings(StrictModel):
+    """Keys every destination takes (contract §4)."""
+
+    type: str
+    events: tuple[str, ...] | None = None
+    requires: tuple[Purpose, ...] = ()
+    on_denied: Literal["drop", "limited"] = "drop"
+    batch: Batch = Batch()
+    retry: Retry = Retry()
+    timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+
+    def secrets(self) -> tuple[SecretStr, ...]:
+        """Values that must never be printed or logged (subclasses add theirs)."""
+        return ()
+
+
+class SourceSettings(StrictModel):
+    """Keys every source takes."""
+
+    send_to: tuple[str, ...] = ()
+    path: str | None = None
+    """Base path of the source's routes; None keeps the vendor's default."""

@@ -1,0 +1,84 @@
+"""What every source is: routes, a pure parser from a hit to canonical events, and an answer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from gateway.event import Event
+from gateway.settings import SourceSettings
+
+
+class Outcome(StrEnum):
+    """How a hit was taken, for metrics and the hit log line."""
+
+    OK = "ok"
+    IGNORED = "ignored"  # not an event (a telemetry beacon, a sandbox registration)
+    MALFORMED = "malformed"
+    TOO_LARGE = "too_large"
+    STORE_ERROR = "store_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A browser request, reduced to what parsers read. Built once per request by the app."""
+
+    method: str
+    path: str
+    query: MultiMapping[str]
+    query_string: str
+    body: bytes
+    content_type: str | None
+    cookies: Mapping[str, str]
+    client_ip: str | None
+    user_agent: str | None
+    received_at: float
+    referer: str | None = None
+    gpc: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What a parser made of a hit."""
+
+    events: Sequence[Event] = ()
+    outcome: Outcome = Outcome.OK
+    reason: str | None = None
+    notes: Mapping[str, str] = field(default_factory=dict)
+    """Non-personal facts worth a log field (pixel id, transport, agent)."""
+
+
+class Source(ABC):
+    """A browser tag's endpoint. Subclasses know one vendor's hit format and nothing else."""
+
+    name: ClassVar[str]
+    vendor: ClassVar[str | None]
+    """The vendor whose destinations may read this source's `vendor_data` (and `forward` it)."""
+    settings_model: ClassVar[type[SourceSettings]] = SourceSettings
+    default_path: ClassVar[str]
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.settings = settings
+
+    @property
+    def base_path(self) -> str:
+        """The configured base path, or the vendor's default."""
+        return self.settings.path or self.default_path
+
+    @abstractmethod
+    def routes(self) -> Sequence[tuple[str, str]]:
+        """(method, path) pairs this source answers."""
+
+    @abstractmethod
+    def parse(self, hit: Hit) -> Parsed:
+        """Turn one hit into canonical events. Pure; may raise on garbage (the app catches)."""
+
+    @abstractmethod
+    def answer(self, hit: Hit | None) -> web.Response:
+        """The vendor's normal answer, whatever became of the hit."""

@@ -1,0 +1,188 @@
+"""Meta pixel hits (`fbevents.js` → `/tr`): GET query, urlencoded POST, multipart beacon.
+
+Parameter meanings: platforms.md §1.1. The pixel hashes `ud[...]` itself, so those values pass
+through untouched; everything else in a hit that is not listed here is script bookkeeping.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+from multidict import MultiDict
+
+from gateway import names
+from gateway.event import Custom, Event, RawHit, User, new_event_id
+from gateway.sources.base import Hit, Outcome, Parsed, Source
+from gateway.sources.coerce import (
+    contents_from,
+    decimal_or_none,
+    int_or_none,
+    json_or_text,
+    text_or_none,
+    url_param,
+)
+from gateway.sources.forms import form_pairs
+
+GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+"""The 1×1 transparent GIF Meta answers image hits with."""
+
+# `ud[k]` key → canonical user field.
+_USER_KEYS: Final = {
+    "em": "email",
+    "ph": "phone",
+    "fn": "first_name",
+    "ln": "last_name",
+    "ge": "gender",
+    "db": "date_of_birth",
+    "ct": "city",
+    "st": "state",
+    "zp": "zip",
+    "country": "country",
+    "external_id": "external_id",
+}
+_CONTENT_KEYS: Final = {"id": "id", "quantity": "quantity", "item_price": "item_price"}
+_TYPED_CUSTOM: Final = frozenset(
+    {
+        "value",
+        "currency",
+        "order_id",
+        "contents",
+        "content_ids",
+        "content_type",
+        "content_name",
+        "content_category",
+        "num_items",
+        "search_string",
+    }
+)
+# Limited Data Use flags ride along to the Meta destination (consent.md §5).
+_LDU_KEYS: Final = ("dpo", "dpoco", "dpost")
+
+
+@dataclass(frozen=True, slots=True)
+class _Bracketed:
+    custom: dict[str, str]
+    user: dict[str, str]
+    user_form: dict[str, str]
+
+
+def _split(params: MultiDict[str]) -> _Bracketed:
+    custom: dict[str, str] = {}
+    user: dict[str, str] = {}
+    user_form: dict[str, str] = {}
+    for key, value in params.items():
+        if not key.endswith("]") or "[" not in key:
+            continue
+        prefix, _, inner = key[:-1].partition("[")
+        if prefix == "cd":
+            custom.setdefault(inner, value)
+        elif prefix == "ud":
+            user.setdefault(inner, value)
+        elif prefix == "udff":
+            user_form.setdefault(inner, value)
+    return _Bracketed(custom, user, user_form)
+
+
+def _custom(raw: dict[str, str]) -> Custom:
+    decoded = {key: json_or_text(value) for key, value in raw.items()}
+    content_ids = decoded.get("content_ids")
+    if isinstance(content_ids, str):
+        content_ids = [content_ids]
+    ids = (
+        tuple(str(i) for i in content_ids if i is not None) if isinstance(content_ids, list) else ()
+    )
+    return Custom(
+        value=decimal_or_none(decoded.get("value")),
+        currency=text_or_none(decoded.get("currency"), 8),
+        order_id=text_or_none(decoded.get("order_id")),
+        contents=contents_from(decoded.get("contents"), _CONTENT_KEYS),
+        content_ids=ids,
+        content_type=text_or_none(decoded.get("content_type")),
+        content_name=text_or_none(decoded.get("content_name")),
+        content_category=text_or_none(decoded.get("content_category")),
+        num_items=int_or_none(decoded.get("num_items")),
+        search_string=text_or_none(decoded.get("search_string")),
+        extra={k: v for k, v in decoded.items() if k not in _TYPED_CUSTOM},
+    )
+
+
+def _fbc_from_click(url: str | None, received_ms: int) -> str | None:
+    """`fb.1.<ms>.<fbclid>` when the page URL carries a click ID (platforms.md §1.3)."""
+    fbclid = url_param(url, "fbclid")
+    return f"fb.1.{received_ms}.{fbclid}" if fbclid else None
+
+
+class MetaPixel(Source):
+    """`GET|POST /tr` and `/tr/`."""
+
+    name = "meta_pixel"
+    vendor = "meta"
+    default_path = "/tr"
+
+    def routes(self) -> Sequence[tuple[str, str]]:
+        base = self.base_path.rstrip("/")
+        return [(m, p) for m in ("GET", "POST") for p in (base, base + "/")]
+
+    def parse(self, hit: Hit) -> Parsed:
+        params: MultiDict[str] = MultiDict(hit.query)
+        if hit.method == "POST":
+            # Body values win over the query string; both may carry parameters.
+            for key, value in form_pairs(hit.body, hit.content_type):
+                params.popall(key, None)
+                params.add(key, value)
+        pixel_id: str | None = params.get("id")
+        ev: str | None = params.get("ev")
+        notes = {k: str(params[k])[:64] for k in ("id", "rqm", "a") if params.get(k)}
+        if not pixel_id or not ev:
+            return Parsed(outcome=Outcome.IGNORED, reason="no id or ev", notes=notes)
+
+        bracketed = _split(params)
+        user_fields: dict[str, str] = {}
+        for key, field in _USER_KEYS.items():
+            if found := bracketed.user.get(key) or bracketed.user_form.get(key):
+                user_fields[field] = found
+        received_ms = int(hit.received_at * 1000)
+        page_url = text_or_none(params.get("dl"), 4096)
+        ts = int_or_none(params.get("ts"))
+        event_id = text_or_none(params.get("eid"), 256)
+        fbc = params.get("fbc") or hit.cookies.get("_fbc") or _fbc_from_click(page_url, received_ms)
+        user = User(
+            **user_fields,
+            client_ip=hit.client_ip,
+            user_agent=hit.user_agent,
+            fbp=params.get("fbp") or hit.cookies.get("_fbp") or None,
+            fbc=fbc or None,
+        )
+        ldu = {k: str(params[k]) for k in _LDU_KEYS if k in params}
+        event = Event(
+            event_id=event_id or new_event_id(),
+            event_name=names.to_canonical("meta", ev),
+            event_time=ts // 1000 if ts and ts > 0 else int(hit.received_at),
+            source=self.name,
+            action_source="website",
+            event_source_url=page_url,
+            referrer=text_or_none(params.get("rl"), 4096),
+            user=user,
+            custom=_custom(bracketed.custom),
+            received_at=hit.received_at,
+            dedupable=event_id is not None,
+            vendor_data={"meta": {"pixel_id": pixel_id, **ldu}},
+            raw=RawHit(
+                vendor="meta",
+                method=hit.method,
+                path=hit.path,
+                query_string=hit.query_string,
+                body=hit.body,
+                content_type=hit.content_type,
+            ),
+        )
+        return Parsed(events=[event], notes=notes)
+
+    def answer(self, hit: Hit | None) -> web.Response:
+        if hit is not None and hit.method == "POST":
+            return web.Response(status=200, body=b"")
+        return web.Response(status=200, body=GIF, content_type="image/gif")

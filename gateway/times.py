@@ -1,0 +1,35 @@
+"""Times on the command line: ISO 8601 timestamps or durations back from now (contract §2)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Final
+
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """`2026-11-27T10:00:00Z` or `90s` / `15m` / `2h` / `7d` (back from now) as epoch seconds."""
+    value = text.strip()
+    match = _DURATION.fullmatch(value)
+    if match:
+        return (time.time() if now is None else now) - float(match[1]) * _UNIT[match[2]]
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not a time: {text!r} (use 2026-11-27T10:00:00Z or 15m, 2h, 7d)") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC timestamp with milliseconds."""
+    if epoch is None:
+        return None
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )

@@ -1,0 +1,153 @@
+"""Shared fixtures: a gateway on a real socket, a real SQLite file, fake platforms on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway import config as config_module
+from gateway.app import STORE, create_app
+from gateway.config import Config
+from gateway.store import Store
+
+GIF_PREFIX = b"GIF89a"
+
+
+@dataclass
+class Recorded:
+    """One request a fake platform received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+Reply = Callable[[Recorded], Awaitable[web.StreamResponse] | web.StreamResponse]
+
+
+@dataclass
+class FakePlatform:
+    """A real HTTP server on 127.0.0.1 that records requests and answers as told."""
+
+    server: TestServer
+    requests: list[Recorded] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    default: Reply = field(default=lambda r: web.json_response({"events_received": 1}))
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    def then(self, *replies: Reply) -> None:
+        """Answer the next requests with these, in order, then with the default."""
+        self.replies.extend(replies)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        recorded = Recorded(
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
+            await request.read(),
+        )
+        self.requests.append(recorded)
+        reply = self.replies.pop(0) if self.replies else self.default
+        result = reply(recorded)
+        if asyncio.iscoroutine(result):
+            result = await result
+        assert isinstance(result, web.StreamResponse)
+        return result
+
+
+@pytest.fixture
+async def fake_platform() -> AsyncIterator[FakePlatform]:
+    """A fake platform endpoint; point a destination's `endpoint` at `fake_platform.url`."""
+    app = web.Application()
+    server = TestServer(app, host="127.0.0.1")
+    platform = FakePlatform(server)
+    app.router.add_route("*", "/{tail:.*}", platform.handle)
+    await server.start_server()
+    yield platform
+    await server.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "gateway.sqlite3"
+
+
+@pytest.fixture
+def make_config(db_path: Path) -> Callable[[str], Config]:
+    """Parse a YAML config, storage pointed at the test's SQLite file unless it says otherwise."""
+
+    def make(text: str, env: dict[str, str] | None = None) -> Config:
+        cfg = config_module.parse(text, "test.yaml", env or {})
+        if "storage:" not in text:
+            storage = cfg.storage.model_copy(update={"path": str(db_path)})
+            cfg = Config(**{**_fields(cfg), "storage": storage})
+        return cfg
+
+    return make
+
+
+def _fields(cfg: Config) -> dict[str, Any]:
+    return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}
+
+
+@dataclass
+class Gateway:
+    """A running gateway app and a client bound to its real socket."""
+
+    client: TestClient[web.Request, web.Application]
+    config: Config
+
+    @property
+    def app(self) -> web.Application:
+        return self.client.server.app  # type: ignore[return-value]
+
+    @property
+    def store(self) -> Store:
+        return self.app[STORE]
+
+    async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        async with self.store.reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+
+@pytest.fixture
+async def start_gateway(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> Callable[[Config], Awaitable[Gateway]]:
+    async def start(cfg: Config) -> Gateway:
+        client = await aiohttp_client(create_app(cfg))
+        return Gateway(client, cfg)
+
+    return start
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 5.0) -> None:
+    """Wait until `check()` is true, failing the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
