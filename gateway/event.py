@@ -170,6 +170,9 @@ class Event:
     user: User = field(default_factory=User)
     custom: Custom = field(default_factory=Custom)
     consent: Consent = field(default_factory=Consent)
+    consent_signals: Mapping[str, str] = field(default_factory=dict)
+    """Raw consent signals the hit carried (`gcs`, `gcd`, `npa`, `dma`, `dma_cps`, `gdpr`,
+    `gdpr_consent`, `gpc`); the consent rules resolve them into `consent`."""
     received_at: float = field(default_factory=time.time)
     """When the gateway received it (report windows count by this)."""
     dedupable: bool = True
