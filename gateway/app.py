@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Final
 
 import aiohttp
+import orjson
 import structlog
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from gateway.destinations.base import Destination
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Hit, Outcome, Source
+from gateway.sources.server import BodyError, ServerSource, authorized, parse_body
 from gateway.store import Store
 
 log = structlog.get_logger("gateway.app")
@@ -54,7 +56,11 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_delivery)
     for name, settings in config.sources.items():
         source = source_types.TYPES[name](settings)
-        handler = _browser_handler(source)
+        handler = (
+            _server_handler(source)
+            if isinstance(source, ServerSource)
+            else _browser_handler(source)
+        )
         for method, path in source.routes():
             app.router.add_route(method, path, handler)
     app.router.add_get("/healthz", _healthz)
@@ -163,6 +169,68 @@ async def _ingest(
     if stored is None:
         log.warning("hit.store_slow", source=source.name, waited_s=BROWSER_STORE_WAIT_S)
     return parsed.outcome
+
+
+def _server_handler(
+    source: ServerSource,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def answer(request: web.Request, status: int, body: object, outcome: str) -> web.Response:
+        request.app[METRICS].hits.labels(source.name, outcome).inc()
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        received = time.time()
+        if not authorized(request.headers.get("Authorization"), source.settings.api_keys):
+            log.info("server.unauthorized")
+            return answer(request, 401, {"error": "missing or wrong API key"}, "unauthorized")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.app[CONFIG].listen.max_body_bytes
+            return answer(
+                request, 413, {"error": f"body over {limit} bytes"}, str(Outcome.TOO_LARGE)
+            )
+        try:
+            batch = parse_body(body, received)
+        except BodyError as exc:
+            return answer(request, 400, {"error": str(exc)}, str(Outcome.MALFORMED))
+        events = [event for _, event in batch.events]
+        try:
+            added = await request.app[PIPELINE].ingest(events, source.settings.send_to)
+        except Exception as exc:
+            # Not stored, so not acknowledged: the backend must send it again.
+            log.error("server.store_failed", error=type(exc).__name__)
+            request.app[METRICS].hits.labels(source.name, str(Outcome.STORE_ERROR)).inc()
+            return web.Response(
+                status=503,
+                body=orjson.dumps({"error": "storage unavailable; retry"}),
+                content_type="application/json",
+                headers={"Retry-After": "5"},
+            )
+        # An event counts as a duplicate when no destination took it afresh.
+        duplicates = sum(1 for a in added if a.duplicates and not a.queued)
+        log.info(
+            "hit",
+            source=source.name,
+            outcome="ok",
+            accepted=len(added) - duplicates,
+            duplicates=duplicates,
+            rejected=len(batch.rejected),
+            event_ids=[e.event_id for e in events][:50],
+            latency_ms=round((time.time() - received) * 1000, 2),
+        )
+        return answer(
+            request,
+            202,
+            {
+                "accepted": len(added) - duplicates,
+                "duplicates": duplicates,
+                "rejected": batch.rejected,
+            },
+            "ok",
+        )
+
+    return handle
 
 
 async def _healthz(request: web.Request) -> web.Response:

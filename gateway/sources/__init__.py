@@ -6,5 +6,8 @@ from typing import Final
 
 from gateway.sources.base import Source
 from gateway.sources.meta_pixel import MetaPixel
+from gateway.sources.server import ServerSource
 
-TYPES: Final[dict[str, type[Source]]] = {cls.name: cls for cls in (MetaPixel,)}
+TYPES: Final[dict[str, type[Source] | type[ServerSource]]] = {
+    cls.name: cls for cls in (MetaPixel, ServerSource)
+}
