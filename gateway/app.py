@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Final
@@ -34,6 +35,7 @@ DESTINATIONS: Final = web.AppKey("destinations", Mapping[str, Destination])
 
 BROWSER_STORE_WAIT_S: Final = 5.0
 """A browser hit waits this long for its commit, then gets its answer anyway."""
+RETENTION_EVERY_S: Final = 300.0
 SHUTDOWN_GRACE_S: Final = 6.0
 """In-flight deliveries get this long on SIGTERM (inside Docker's default 10 s)."""
 
@@ -54,6 +56,7 @@ def create_app(config: Config) -> web.Application:
     app[DESTINATIONS] = build_destinations(config)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_delivery)
+    app.cleanup_ctx.append(_retention)
     for name, settings in config.sources.items():
         source = source_types.TYPES[name](settings)
         handler = (
@@ -85,7 +88,10 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(
         headers={"User-Agent": "tag-gateway"}, raise_for_status=False
     ) as session:
-        workers = {name: Worker(dest, store, session) for name, dest in app[DESTINATIONS].items()}
+        workers = {
+            name: Worker(dest, store, session, app[METRICS])
+            for name, dest in app[DESTINATIONS].items()
+        }
         app[WORKERS] = workers
 
         def wake(names: Iterable[str]) -> None:
@@ -99,6 +105,29 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
         yield
         for worker in workers.values():
             await worker.stop(SHUTDOWN_GRACE_S)
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_prune_forever(app), name="retention")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _prune_forever(app: web.Application) -> None:
+    store, days = app[STORE], app[CONFIG].storage.retention_days
+    while True:
+        try:
+            cutoff = time.time() - days * 86400
+            pruned = 0
+            while (n := await store.prune(cutoff)) > 0:
+                pruned += n
+                await asyncio.sleep(0.05)  # let hits in between batches
+            if pruned:
+                log.info("retention.pruned", deliveries=pruned, older_than_days=days)
+        except Exception as exc:
+            log.error("retention.failed", error=type(exc).__name__)
+        await asyncio.sleep(RETENTION_EVERY_S)
 
 
 def _browser_handler(source: Source) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        from gateway import logs
+
+        # Log lines go to stderr; stdout is the command's own output.
+        logs.configure("console")
     if args.command == "serve":
         from gateway.server import serve
 

@@ -49,7 +49,8 @@ class Storage(StrictModel):
     """The SQLite file of the outbox and the delivery log."""
 
     path: str = "./tag-gateway.sqlite3"
-    retention_days: int = Field(default=30, ge=1, le=3650)
+    # At least 2: deduplication looks back 48 hours through the delivery log.
+    retention_days: int = Field(default=30, ge=2, le=3650)
 
 
 class Cookies(StrictModel):

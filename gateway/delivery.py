@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from gateway.destinations.base import Answer, Destination, Item, OutRequest, Result, Verdict
+from gateway.metrics import Metrics
 from gateway.store import Claimed, Finished, Status, Store
 
 log = structlog.get_logger("gateway.delivery")
@@ -76,11 +77,16 @@ class Worker:
     """Delivers one destination's queue."""
 
     def __init__(
-        self, destination: Destination, store: Store, session: aiohttp.ClientSession
+        self,
+        destination: Destination,
+        store: Store,
+        session: aiohttp.ClientSession,
+        metrics: Metrics | None = None,
     ) -> None:
         self.destination = destination
         self.store = store
         self.session = session
+        self.metrics = metrics or Metrics()
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -166,6 +172,8 @@ class Worker:
             for item in v.items:
                 finished.append(self._outcome(attempts[item.delivery_id], v, now))
         await self.store.finish(finished)
+        for outcome in finished:
+            self.metrics.deliveries.labels(dest.name, str(outcome.status)).inc()
 
     async def _send(self, request: OutRequest) -> list[_Verdicts]:
         dest = self.destination
@@ -175,6 +183,8 @@ class Worker:
         else:
             answer = Answer(None, b"", {})
         latency_ms = (time.perf_counter() - started) * 1000
+        if dest.sends:
+            self.metrics.delivery_latency.labels(dest.name).observe(latency_ms / 1000)
         result = dest.classify(request, answer)
         log.info(
             "delivery.attempt",

@@ -92,10 +92,10 @@ CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
 # Durability first: WAL with a full sync on every commit survives a crash and a power cut.
 # secure_delete overwrites erased payloads instead of leaving them in free pages.
 _PRAGMAS: Final = (
+    "PRAGMA busy_timeout=5000",  # first: another process (a CLI command) may hold the lock
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     "PRAGMA secure_delete=ON",
-    "PRAGMA busy_timeout=5000",
 )
 
 
@@ -465,6 +465,28 @@ class Store:
             )
 
         await self.write(run)
+
+    async def prune(self, older_than: float, batch: int = 500) -> int:
+        """Delete up to `batch` final delivery rows created before `older_than`, and events
+        left with no delivery; returns how many delivery rows went. Small batches, so each is
+        one short transaction among the hits'."""
+
+        async def run(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                " WHERE created_at < ? AND status NOT IN ('queued', 'failed') LIMIT ?)",
+                (older_than, batch),
+            )
+            deleted = cur.rowcount
+            await conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e"
+                " WHERE e.received_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.event_row = e.id) LIMIT ?)",
+                (older_than, batch),
+            )
+            return deleted
+
+        return await self.write(run)
 
     async def release_leases(self) -> int:
         """On boot: rows a dead process had in flight go back to the queue."""
