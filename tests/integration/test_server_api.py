@@ -64,7 +64,9 @@ async def test_no_key_stores_nothing(
 ) -> None:
     gw = await start_gateway(make_config(CONFIG))
     for headers in ({}, {"Authorization": "Bearer key-3"}, {"Authorization": "key-1"}):
-        response = await gw.client.post("/v1/events", json={"events": [event("x")]}, headers=headers)
+        response = await gw.client.post(
+            "/v1/events", json={"events": [event("x")]}, headers=headers
+        )
         assert response.status == 401
     assert stored_ids(db_path) == []
 

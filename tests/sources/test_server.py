@@ -56,7 +56,10 @@ def test_the_contract_example_parses() -> None:
         ({"event_time": "yesterday"}, "event_time: must be Unix seconds"),
         ({"action_source": "web"}, "action_source: must be one of"),
         ({"event_source_url": None}, "event_source_url: required when action_source is website"),
-        ({"custom": {"value": "1", "currency": "EUR0"}}, "custom.currency: unknown currency 'EUR0'"),
+        (
+            {"custom": {"value": "1", "currency": "EUR0"}},
+            "custom.currency: unknown currency 'EUR0'",
+        ),
         ({"custom": {"value": "12,50", "currency": "EUR"}}, "custom.value: not a decimal number"),
         ({"custom": {"value": "10"}}, "custom.currency: required when custom.value is given"),
         ({"custom": {"contents": [{"quantity": 1}]}}, "custom.contents[0].id: required"),
