@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--event-id")
     replay.add_argument("--since")
     replay.add_argument("--until")
+    report = command("report", "volumes, dedup, drops and match keys beside a comparison window")
+    report.add_argument("--since", default="24h")
+    report.add_argument("--until")
+    report.add_argument("--compare-to", help="T1..T2 (default: the window just before)")
+    report.add_argument("--fail-on-drop", type=float, metavar="PCT")
+    report.add_argument("--json", action="store_true")
     return parser
 
 
@@ -78,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_deliveries(_load(args.config), args))
     if args.command == "replay":
         return asyncio.run(_replay(_load(args.config), args))
+    if args.command == "report":
+        return asyncio.run(_report(_load(args.config), args))
     return 2
 
 
@@ -198,4 +206,47 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> int:
         "replay", requeued=count, statuses=list(query.statuses), destination=query.destination
     )
     print(f"re-queued {count} deliveries")
+    return 0
+
+
+def _window(args: argparse.Namespace) -> tuple[object, object]:
+    import time
+
+    from gateway.report import Window
+
+    try:
+        now = time.time()
+        window = Window(
+            parse_time(args.since, now), parse_time(args.until, now) if args.until else now
+        )
+        compare = None
+        if args.compare_to:
+            first, sep, second = args.compare_to.partition("..")
+            if not sep:
+                raise ValueError("--compare-to takes T1..T2")
+            compare = Window(parse_time(first, now), parse_time(second, now))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from exc
+    return window, compare
+
+
+async def _report(cfg: Config, args: argparse.Namespace) -> int:
+    from gateway import report
+    from gateway.store import Store
+
+    window, compare = _window(args)
+    assert isinstance(window, report.Window)
+    assert compare is None or isinstance(compare, report.Window)
+    store = await Store.open(cfg.storage.path)
+    try:
+        built = await report.build(store, window, compare)
+    finally:
+        await store.close()
+    (report.dump if args.json else report.render)(built, sys.stdout)
+    if args.fail_on_drop is not None:
+        drops = built.drops(args.fail_on_drop)
+        for drop in drops:
+            print(f"dropped more than {args.fail_on_drop:g}%: {drop}", file=sys.stderr)
+        return 1 if drops else 0
     return 0

@@ -541,6 +541,46 @@ class Store:
 
         return await self.write(run)
 
+    async def window(self, since: float, until: float) -> list[tuple[Any, ...]]:
+        """Per destination and event name, the report's counts for events received in
+        [since, until): in, sent, duplicate, dropped_consent, dropped_rule, dead, pending,
+        deduplicable, then one count per match-key bit (pipeline.MATCH_KEYS order)."""
+        keys = ", ".join(f"SUM((e.match_keys >> {bit}) & 1)" for bit in range(6))
+        sql = (
+            "SELECT d.destination, d.event_name, COUNT(*),"
+            " SUM(d.status = 'sent'), SUM(d.status = 'duplicate'),"
+            " SUM(d.status = 'dropped_consent'), SUM(d.status = 'dropped_rule'),"
+            " SUM(d.status = 'dead'), SUM(d.status IN ('queued', 'failed')),"
+            f" SUM(e.dedupable), {keys}"
+            " FROM events e JOIN deliveries d ON d.event_row = e.id"
+            " WHERE e.received_at >= ? AND e.received_at < ?"
+            " GROUP BY d.destination, d.event_name ORDER BY d.destination, d.event_name"
+        )
+        async with self.reader.execute(sql, (since, until)) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
+    async def values(self, since: float, until: float) -> list[tuple[Any, ...]]:
+        """Per destination, event name and currency: the value sum of sent deliveries."""
+        sql = (
+            "SELECT d.destination, d.event_name, e.currency, SUM(CAST(e.value AS REAL))"
+            " FROM events e JOIN deliveries d ON d.event_row = e.id"
+            " WHERE e.received_at >= ? AND e.received_at < ? AND e.value IS NOT NULL"
+            " AND d.status = 'sent' GROUP BY d.destination, d.event_name, e.currency"
+        )
+        async with self.reader.execute(sql, (since, until)) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
+    async def hourly(self, since: float, until: float) -> list[tuple[Any, ...]]:
+        """Deliveries per hour, destination and status, for the admin page's chart."""
+        sql = (
+            "SELECT CAST(e.received_at / 3600 AS INTEGER) * 3600, d.destination, d.status,"
+            " COUNT(*) FROM events e JOIN deliveries d ON d.event_row = e.id"
+            " WHERE e.received_at >= ? AND e.received_at < ?"
+            " GROUP BY 1, 2, 3 ORDER BY 1"
+        )
+        async with self.reader.execute(sql, (since, until)) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
     @property
     def commits(self) -> int:
         """Transactions committed since open (for tests and metrics)."""
