@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import aiohttp
@@ -18,6 +19,7 @@ from gateway.client_ip import client_ip
 from gateway.config import Config
 from gateway.delivery import Worker
 from gateway.destinations.base import Destination
+from gateway.event import Event
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Hit, Outcome, Source
@@ -78,7 +80,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     if released:
         log.info("store.recovered_in_flight", deliveries=released)
     app[STORE] = store
-    app[PIPELINE] = Pipeline(store, app[DESTINATIONS])
+    config = app[CONFIG]
+    app[PIPELINE] = Pipeline(store, app[DESTINATIONS], config.consent, config.rules)
     yield
     await store.close()
 
@@ -186,11 +189,12 @@ async def _ingest(
         return Outcome.MALFORMED
     if not parsed.events:
         return parsed.outcome
-    event_ids.extend(e.event_id for e in parsed.events)
-    names.extend(e.event_name for e in parsed.events)
+    events = _with_request_signals(parsed.events, hit, app[CONFIG])
+    event_ids.extend(e.event_id for e in events)
+    names.extend(e.event_name for e in events)
     try:
         stored = await app[PIPELINE].ingest_shielded(
-            parsed.events, source.settings.send_to, BROWSER_STORE_WAIT_S
+            events, source.settings.send_to, BROWSER_STORE_WAIT_S
         )
     except Exception as exc:
         log.error("hit.store_failed", source=source.name, error=type(exc).__name__)
@@ -198,6 +202,24 @@ async def _ingest(
     if stored is None:
         log.warning("hit.store_slow", source=source.name, waited_s=BROWSER_STORE_WAIT_S)
     return parsed.outcome
+
+
+def _with_request_signals(events: Sequence[Event], hit: Hit, config: Config) -> Sequence[Event]:
+    """Consent signals that come with the request rather than the tag: `Sec-GPC` and a
+    configured TCF cookie (a TC string on the hit itself wins over the cookie)."""
+    before: dict[str, str] = {}
+    after: dict[str, str] = {}
+    cookie = config.consent.tcf_cookie
+    if cookie and (tc_string := hit.cookies.get(cookie)):
+        before = {"gdpr": "1", "gdpr_consent": tc_string}
+    if hit.gpc:
+        after = {"gpc": "1"}
+    if not before and not after:
+        return events
+    return [
+        dataclasses.replace(e, consent_signals={**before, **e.consent_signals, **after})
+        for e in events
+    ]
 
 
 def _server_handler(

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from gateway import destinations, sources
+from gateway.rules.field_rules import Rule, parse_rules
 from gateway.settings import DestinationSettings, SourceSettings, StrictModel
 
 ENV_VAR: Final = "TAG_GATEWAY_CONFIG"
@@ -74,6 +75,10 @@ class ConsentSettings(StrictModel):
 
     default: Literal["granted", "denied"] = "granted"
     honor_gpc: bool = True
+    tcf: bool = False
+    """Read IAB TCF strings (`gdpr=1&gdpr_consent=...` on hits, or `tcf_cookie`)."""
+    tcf_cookie: str | None = None
+    """A first-party cookie holding the CMP's TC string (for example `euconsent-v2`)."""
 
 
 class Admin(StrictModel):
@@ -110,7 +115,7 @@ class Config:
     allowed_origins: tuple[str, ...]
     admin: Admin | None
     consent: ConsentSettings
-    rules: tuple[Mapping[str, Any], ...]
+    rules: tuple[Rule, ...]
     origin: str = EMBEDDED
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """Every secret value, so log output can be checked against them."""
@@ -162,6 +167,10 @@ def parse(text: str, origin: str, env: Mapping[str, str] | None = None) -> Confi
     raw = _validate(_Document, document, "", problems)
     proxies = _networks(raw.trusted_proxies if raw else (), problems)
     _cross_check(dests_raw.keys(), srcs, problems)
+    rules: tuple[Rule, ...] = ()
+    if raw is not None:
+        rules, rule_problems = parse_rules(raw.rules, dests_raw.keys())
+        problems.extend(rule_problems)
     if problems or raw is None:
         raise ConfigError(problems)
     secrets = [s.get_secret_value() for d in dests.values() for s in d.secrets()]
@@ -179,7 +188,7 @@ def parse(text: str, origin: str, env: Mapping[str, str] | None = None) -> Confi
         allowed_origins=raw.allowed_origins,
         admin=raw.admin,
         consent=raw.consent,
-        rules=raw.rules,
+        rules=rules,
         origin=origin,
         secrets=tuple(s for s in secrets if s),
     )

@@ -132,7 +132,7 @@ class Consent:
     ad_user_data: ConsentState | None = None
     ad_personalization: ConsentState | None = None
     basis: Mapping[str, str] = field(default_factory=dict)
-    """Which signal decided each purpose (`server`, `gcd`, `gcs`, `tcf`, `default`, `gpc`)."""
+    """Which signal decided each purpose: `server`, `gcd`, `gcs`, `npa`, `tcf`, `default`, `gpc`."""
 
     def get(self, purpose: str) -> ConsentState | None:
         """The state of one purpose by name."""
@@ -175,6 +175,8 @@ class Event:
     `gdpr_consent`, `gpc`); the consent rules resolve them into `consent`."""
     received_at: float = field(default_factory=time.time)
     """When the gateway received it (report windows count by this)."""
+    limited: bool = False
+    """Consent asked for this event to go out stripped of identifiers (`on_denied: limited`)."""
     dedupable: bool = True
     """False when the source had no event ID and one was generated (the report counts these)."""
     vendor_data: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)

@@ -1,78 +1,101 @@
-"""From canonical events to stored rows: routing, rules, per-destination payloads.
+"""From canonical events to stored rows: consent, rules, routing, per-destination payloads.
 
-This is where personal data is turned into hashes, in memory, before anything is written.
+This is where personal data is turned into hashes, in memory, before anything is written. An
+event a destination may not have (consent, a rule) gets a delivery row that says so and holds
+no payload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
+from gateway import consent as consent_rules
+from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
-from gateway.event import Event
+from gateway.event import PURPOSES, Event
+from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.store import Added, NewDelivery, NewEvent, Status, Store
 
 # Match keys counted by the report (contract §8), one bit each.
-MATCH_KEYS = ("email", "phone", "external_id", "fbp", "fbc", "ip_ua")
+MATCH_KEYS: Final = ("email", "phone", "external_id", "fbp", "fbc", "ip_ua")
 
 
 def match_keys(event: Event) -> int:
     """A bitmask of the match keys this event carries (order of MATCH_KEYS)."""
     u = event.user
-    present = (
-        u.email,
-        u.phone,
-        u.external_id,
-        u.fbp,
-        u.fbc,
-        u.client_ip and u.user_agent,
-    )
+    present = (u.email, u.phone, u.external_id, u.fbp, u.fbc, u.client_ip and u.user_agent)
     return sum(1 << i for i, value in enumerate(present) if value)
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """One event with the destinations it goes to."""
-
-    event: Event
-    targets: Sequence[Destination]
+def _consent_record(event: Event) -> str:
+    c = event.consent
+    return orjson.dumps(
+        {p: [str(c.get(p) or "unset"), c.basis.get(p, "")] for p in PURPOSES}
+    ).decode()
 
 
 class Pipeline:
-    """Routes events from a source to its destinations and stores them."""
+    """Decides, per event and destination, what (if anything) is stored for delivery."""
 
-    def __init__(self, store: Store, destinations: Mapping[str, Destination]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        destinations: Mapping[str, Destination],
+        consent: ConsentSettings | None = None,
+        rules: Sequence[Rule] = (),
+    ) -> None:
         self.store = store
         self.destinations = destinations
+        self.consent = consent or ConsentSettings()
+        self.shared_rules, self.scoped_rules = split_shared(rules)
 
-    def targets(self, send_to: Sequence[str], event: Event) -> list[Destination]:
-        """The destinations that want this event (`send_to` and each one's `events:`)."""
-        out = []
+    def resolve_consent(self, event: Event) -> Event:
+        """The four purposes from every signal the event carries (consent.md §7)."""
+        explicit = {
+            p: str(state)
+            for p in PURPOSES
+            if (state := event.consent.get(p)) is not None
+            and event.consent.basis.get(p) == "server"
+        }
+        resolved = consent_rules.resolve(
+            explicit or None,
+            event.consent_signals,
+            default=self.consent.default,
+            honor_gpc=self.consent.honor_gpc,
+            use_tcf=self.consent.tcf,
+        )
+        return dataclasses.replace(event, consent=resolved)
+
+    def rows(self, event: Event, send_to: Sequence[str]) -> NewEvent:
+        """The event row and one delivery row per destination that wants it."""
+        event = self.resolve_consent(event)
+        shared = apply_rules(event, self.shared_rules, None)
+        named = event if isinstance(shared, Dropped) else shared
+        deliveries = []
         for name in send_to:
             dest = self.destinations[name]
             wanted = dest.settings.events
-            if wanted is not None and event.event_name not in wanted:
+            if wanted is not None and named.event_name not in wanted:
                 continue
-            if dest.accepts(event):
-                out.append(dest)
-        return out
-
-    def rows(self, event: Event, targets: Sequence[Destination]) -> NewEvent:
-        """The event row and one delivery row per destination, payloads prepared."""
-        deliveries = []
-        for dest in targets:
-            prepared = dest.prepare(event)
-            if isinstance(prepared, Rejected):
-                deliveries.append(NewDelivery(dest.name, Status.DEAD, message=prepared.reason))
-            else:
-                deliveries.append(NewDelivery(dest.name, Status.QUEUED, orjson.dumps(prepared)))
+            if isinstance(shared, Dropped):
+                deliveries.append(_dropped(dest, named, Status.DROPPED_RULE, shared.reason))
+                continue
+            scoped = apply_rules(shared, self.scoped_rules, name)
+            if isinstance(scoped, Dropped):
+                deliveries.append(_dropped(dest, named, Status.DROPPED_RULE, scoped.reason))
+                continue
+            if not dest.accepts(scoped):
+                continue
+            deliveries.append(self._delivery(dest, scoped))
         custom = event.custom
         return NewEvent(
             event_id=event.event_id,
-            event_name=event.event_name,
+            event_name=named.event_name,
             source=event.source,
             event_time=event.event_time,
             received_at=event.received_at,
@@ -81,12 +104,37 @@ class Pipeline:
             deliveries=deliveries,
             value=str(custom.value) if custom.value is not None else None,
             currency=custom.currency,
+            consent=_consent_record(event),
+        )
+
+    def _delivery(self, dest: Destination, event: Event) -> NewDelivery:
+        denied = [p for p in dest.requires if not event.consent.granted(p)]
+        note = None
+        if denied:
+            why = ", ".join(
+                f"{p} {event.consent.get(p) or 'unset'} ({event.consent.basis.get(p, '-')})"
+                for p in denied
+            )
+            if dest.settings.on_denied == "drop":
+                return _dropped(dest, event, Status.DROPPED_CONSENT, f"consent: {why}")
+            event = dataclasses.replace(consent_rules.limited(event), limited=True)
+            note = f"limited by consent: {why}"
+        prepared = dest.prepare(event)
+        if isinstance(prepared, Rejected):
+            return NewDelivery(
+                dest.name, Status.DEAD, message=prepared.reason, event_name=event.event_name
+            )
+        return NewDelivery(
+            dest.name,
+            Status.QUEUED,
+            orjson.dumps(prepared),
+            message=note,
+            event_name=event.event_name,
         )
 
     async def ingest(self, events: Sequence[Event], send_to: Sequence[str]) -> list[Added]:
         """Prepare and durably store events; returns after COMMIT."""
-        rows = [self.rows(e, self.targets(send_to, e)) for e in events]
-        return await self.store.add(rows)
+        return await self.store.add([self.rows(e, send_to) for e in events])
 
     async def ingest_shielded(
         self, events: Sequence[Event], send_to: Sequence[str], timeout_s: float
@@ -97,3 +145,7 @@ class Pipeline:
             return await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError:
             return None
+
+
+def _dropped(dest: Destination, event: Event, status: Status, reason: str) -> NewDelivery:
+    return NewDelivery(dest.name, status, message=reason, event_name=event.event_name)

@@ -41,7 +41,8 @@ class DestinationSettings(StrictModel):
 
     type: str
     events: tuple[str, ...] | None = None
-    requires: tuple[Purpose, ...] = ()
+    requires: tuple[Purpose, ...] | None = None
+    """None: the destination type's default (`Destination.default_requires`)."""
     on_denied: Literal["drop", "limited"] = "drop"
     batch: Batch = Batch()
     retry: Retry = Retry()

@@ -107,6 +107,8 @@ class NewDelivery:
     status: Status
     payload: bytes | None = None
     message: str | None = None
+    event_name: str | None = None
+    """The name this destination knows the event by, when a rule renamed it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,8 +342,9 @@ class Store:
                 delivery_id = self._ids.next_delivery
                 self._ids.next_delivery += 1
                 status, payload, message, duplicate_of = d.status, d.payload, d.message, None
+                name = d.event_name or event.event_name
                 if status is Status.QUEUED:
-                    key = (d.destination, event.event_name, event.event_id)
+                    key = (d.destination, name, event.event_id)
                     duplicate_of = first_seen.get(key)
                     if duplicate_of is None:
                         first_seen[key] = delivery_id
@@ -356,7 +359,7 @@ class Store:
                         delivery_id,
                         row,
                         event.event_id,
-                        event.event_name,
+                        name,
                         d.destination,
                         str(status),
                         event.event_time,
@@ -387,7 +390,7 @@ class Store:
         """The first live delivery of each (destination, name, id) seen within 48 hours."""
         keys = list(
             {
-                (d.destination, e.event_name, e.event_id)
+                (d.destination, d.event_name or e.event_name, e.event_id)
                 for e in events
                 for d in e.deliveries
                 if d.status is Status.QUEUED

@@ -82,6 +82,8 @@ class Destination(ABC):
     """The platform's own per-request event limit."""
     max_age_s: ClassVar[int | None] = None
     """Events older than this are never sent (the platform would refuse them)."""
+    default_requires: ClassVar[tuple[str, ...]] = ()
+    """Consent purposes this platform needs when the config says nothing (consent.md §7)."""
     sends: ClassVar[bool] = True
     """False for destinations that record instead of making requests (`dry_run`)."""
     keeps_payload: ClassVar[bool] = False
@@ -90,6 +92,12 @@ class Destination(ABC):
     def __init__(self, name: str, settings: DestinationSettings) -> None:
         self.name = name
         self.settings = settings
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """The purposes that must be granted for this destination to get an event whole."""
+        configured = self.settings.requires
+        return self.default_requires if configured is None else configured
 
     @property
     def batch_size(self) -> int:

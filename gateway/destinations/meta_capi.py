@@ -26,12 +26,20 @@ from gateway.destinations.base import (
 )
 from gateway.event import JSON, Event, User
 from gateway.hashing import hash_normalized
-from gateway.settings import DestinationSettings
+from gateway.settings import DestinationSettings, StrictModel
 
 DEFAULT_ENDPOINT: Final = "https://graph.facebook.com"
 DEFAULT_API_VERSION: Final = "v25.0"
 PARTNER_AGENT: Final = f"tag-gateway-{__version__}"
 SEVEN_DAYS: Final = 7 * 24 * 3600
+
+
+class LimitedDataUse(StrictModel):
+    """Meta's Limited Data Use options (consent.md §5): `[LDU], 0, 0` lets Meta geolocate."""
+
+    options: tuple[str, ...] = ("LDU",)
+    country: int = Field(default=0, ge=0)
+    state: int = Field(default=0, ge=0)
 
 
 class MetaCapiSettings(DestinationSettings):
@@ -44,6 +52,8 @@ class MetaCapiSettings(DestinationSettings):
     endpoint: str = Field(default=DEFAULT_ENDPOINT, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
     api_version: str = Field(default=DEFAULT_API_VERSION, pattern=r"^v[0-9]+\.[0-9]+$")
     partner_agent: str = PARTNER_AGENT
+    limited_data_use: LimitedDataUse = LimitedDataUse()
+    """Sent with events that consent limited (`on_denied: limited`)."""
 
     def secrets(self) -> tuple[SecretStr, ...]:
         return (self.access_token,)
@@ -169,8 +179,8 @@ _INSUFFICIENT: Final = (
 )
 
 
-def server_event(event: Event) -> dict[str, JSON]:
-    """One `data[]` element of a Conversions API request."""
+def server_event(event: Event, ldu: LimitedDataUse | None = None) -> dict[str, JSON]:
+    """One `data[]` element of a Conversions API request (`ldu` for consent-limited events)."""
     body: dict[str, JSON] = {
         "event_name": names.from_canonical("meta", event.event_name),
         "event_time": event.event_time,
@@ -186,7 +196,12 @@ def server_event(event: Event) -> dict[str, JSON]:
     if custom:
         body["custom_data"] = custom
     meta = event.vendor_data.get("meta", {})
-    if "dpo" in meta:
+    if event.limited:
+        ldu = ldu or LimitedDataUse()
+        body["data_processing_options"] = list(ldu.options)
+        body["data_processing_options_country"] = ldu.country
+        body["data_processing_options_state"] = ldu.state
+    elif "dpo" in meta:
         options = [o for o in str(meta["dpo"]).split(",") if o]
         body["data_processing_options"] = options
         if options:
@@ -261,6 +276,7 @@ class MetaCapi(Destination):
     settings_model = MetaCapiSettings
     max_batch = 1000
     max_age_s = SEVEN_DAYS  # Meta refuses the whole request for one event older than this.
+    default_requires = ("ad_storage", "ad_user_data")
 
     settings: MetaCapiSettings
 
@@ -270,7 +286,7 @@ class MetaCapi(Destination):
         return server_event(event)
 
     def prepare(self, event: Event) -> JSON | Rejected:
-        payload = server_event(event)
+        payload = server_event(event, self.settings.limited_data_use)
         reason = invalid_reason(payload)
         return Rejected(reason) if reason else payload
 
