@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
@@ -28,12 +29,22 @@ from gateway.store import Store
 
 log = structlog.get_logger("gateway.app")
 
+
+@dataclass(slots=True)
+class QueueCache:
+    """Queue statistics, re-read at most every few seconds for /readyz and /metrics."""
+
+    read_at: float = float("-inf")
+    stats: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+
+
 CONFIG: Final = web.AppKey("config", Config)
 STORE: Final = web.AppKey("store", Store)
 PIPELINE: Final = web.AppKey("pipeline", Pipeline)
 METRICS: Final = web.AppKey("metrics", Metrics)
 WORKERS: Final = web.AppKey("workers", dict[str, Worker])
 DESTINATIONS: Final = web.AppKey("destinations", Mapping[str, Destination])
+QUEUE_CACHE: Final = web.AppKey("queue_cache", QueueCache)
 
 BROWSER_STORE_WAIT_S: Final = 5.0
 """A browser hit waits this long for its commit, then gets its answer anyway."""
@@ -52,10 +63,11 @@ def build_destinations(config: Config) -> dict[str, Destination]:
 
 def create_app(config: Config) -> web.Application:
     """The gateway as an aiohttp application (the same factory serves tests and `serve`)."""
-    app = web.Application(client_max_size=config.listen.max_body_bytes)
+    app = web.Application(client_max_size=config.listen.max_body_bytes, middlewares=[_never_a_500])
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[DESTINATIONS] = build_destinations(config)
+    app[QUEUE_CACHE] = QueueCache()
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_delivery)
     app.cleanup_ctx.append(_retention)
@@ -74,6 +86,20 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+@web.middleware
+async def _never_a_500(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A bug must not answer 500: log it and say 503 (browser routes answer for themselves)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.error("http.unhandled", path=request.path, error=type(exc).__name__)
+        return web.json_response({"error": "unavailable"}, status=503)
+
+
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(app[CONFIG].storage.path)
     released = await store.release_leases()
@@ -81,7 +107,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         log.info("store.recovered_in_flight", deliveries=released)
     app[STORE] = store
     config = app[CONFIG]
-    app[PIPELINE] = Pipeline(store, app[DESTINATIONS], config.consent, config.rules)
+    app[PIPELINE] = Pipeline(store, app[DESTINATIONS], config.consent, config.rules, app[METRICS])
     yield
     await store.close()
 
@@ -135,6 +161,13 @@ async def _prune_forever(app: web.Application) -> None:
 
 def _browser_handler(source: Source) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            return await take(request)
+        except Exception as exc:  # whatever happened, the page gets the vendor's answer
+            log.error("hit.unhandled", source=source.name, error=type(exc).__name__)
+            return source.answer(None)
+
+    async def take(request: web.Request) -> web.StreamResponse:
         received = time.time()
         config = request.app[CONFIG]
         hit: Hit | None = None
@@ -288,15 +321,43 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _queues(app: web.Application) -> dict[str, tuple[int, float | None]]:
+    """Queue depth and oldest waiting delivery per destination, read at most every 5 s."""
+    cache = app[QUEUE_CACHE]
+    if time.monotonic() - cache.read_at > 5:
+        cache.stats = await app[STORE].queue_stats()
+        cache.read_at = time.monotonic()
+    return cache.stats
+
+
 async def _readyz(request: web.Request) -> web.Response:
-    store = request.app.get(STORE)
+    """200 when storage takes writes and the config is loaded, with each destination's state.
+
+    A destination that is down does not make the gateway unready: hits are still taken and
+    queued, which is the point of the outbox.
+    """
+    app = request.app
+    store = app.get(STORE)
     if store is None:
         return web.json_response({"status": "starting"}, status=503)
     try:
         await store.write(_probe)
     except Exception as exc:
         return web.json_response({"status": "storage", "error": type(exc).__name__}, status=503)
-    return web.json_response({"status": "ready"})
+    stats = await _queues(app)
+    now = time.time()
+    destinations = {}
+    for name, worker in app[WORKERS].items():
+        depth, oldest = stats.get(name, (0, None))
+        destinations[name] = {
+            "healthy": worker.health.healthy,
+            "queued": depth,
+            "oldest_queued_s": round(now - oldest, 1) if oldest else None,
+            "last_error": worker.health.last_error,
+        }
+    return web.json_response(
+        {"status": "ready", "config": app[CONFIG].origin, "destinations": destinations}
+    )
 
 
 async def _probe(conn: object) -> None:
@@ -304,5 +365,13 @@ async def _probe(conn: object) -> None:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
+    metrics = request.app[METRICS]
+    if STORE in request.app:
+        stats = await _queues(request.app)
+        now = time.time()
+        for name in request.app[DESTINATIONS]:
+            depth, oldest = stats.get(name, (0, None))
+            metrics.queue_depth.labels(name).set(depth)
+            metrics.oldest_queued.labels(name).set(now - oldest if oldest else 0)
+    body = metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -42,6 +42,32 @@ def backoff_s(
     return max(delay, retry_after_s or 0.0)
 
 
+@dataclass(slots=True)
+class Health:
+    """How a destination's requests have been going, for `/readyz`."""
+
+    last_success_at: float | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+
+    def record(self, result: Result, now: float) -> None:
+        """Count one request's verdict."""
+        if result.verdict is Verdict.SENT:
+            self.last_success_at, self.consecutive_failures = now, 0
+        elif result.verdict is Verdict.RETRY:
+            self.consecutive_failures += 1
+            self.last_error = result.message[:300]
+        else:
+            # The platform answered: it is up, even if it refused this event.
+            self.last_success_at, self.consecutive_failures = now, 0
+            self.last_error = result.message[:300]
+
+    @property
+    def healthy(self) -> bool:
+        """False after three transient failures in a row."""
+        return self.consecutive_failures < 3
+
+
 @dataclass(frozen=True, slots=True)
 class _Verdicts:
     """One verdict per item of a request, with the HTTP facts for the log."""
@@ -87,6 +113,7 @@ class Worker:
         self.store = store
         self.session = session
         self.metrics = metrics or Metrics()
+        self.health = Health()
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -186,6 +213,8 @@ class Worker:
         if dest.sends:
             self.metrics.delivery_latency.labels(dest.name).observe(latency_ms / 1000)
         result = dest.classify(request, answer)
+        if dest.sends:
+            self.health.record(result, time.time())
         log.info(
             "delivery.attempt",
             destination=dest.name,

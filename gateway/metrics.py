@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -18,7 +18,8 @@ class Metrics:
         )
         self.deliveries = Counter(
             "tag_gateway_deliveries",
-            "Delivery outcomes by destination and status.",
+            "Delivery rows by destination and status: as written on arrival (queued, duplicate,"
+            " dropped_consent, dropped_rule, dead) and as each attempt ends.",
             ["destination", "status"],
             registry=self.registry,
         )
@@ -27,6 +28,19 @@ class Metrics:
             "Time for one request to a destination.",
             ["destination"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+
+        self.queue_depth = Gauge(
+            "tag_gateway_queue_depth",
+            "Deliveries waiting (queued or failed, to be retried) per destination.",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.oldest_queued = Gauge(
+            "tag_gateway_oldest_queued_seconds",
+            "Age of the oldest waiting delivery per destination.",
+            ["destination"],
             registry=self.registry,
         )
 

@@ -18,6 +18,7 @@ from gateway import consent as consent_rules
 from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
 from gateway.event import PURPOSES, Event
+from gateway.metrics import Metrics
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.store import Added, NewDelivery, NewEvent, Status, Store
 
@@ -48,8 +49,10 @@ class Pipeline:
         destinations: Mapping[str, Destination],
         consent: ConsentSettings | None = None,
         rules: Sequence[Rule] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.destinations = destinations
         self.consent = consent or ConsentSettings()
         self.shared_rules, self.scoped_rules = split_shared(rules)
@@ -134,7 +137,12 @@ class Pipeline:
 
     async def ingest(self, events: Sequence[Event], send_to: Sequence[str]) -> list[Added]:
         """Prepare and durably store events; returns after COMMIT."""
-        return await self.store.add([self.rows(e, send_to) for e in events])
+        added = await self.store.add([self.rows(e, send_to) for e in events])
+        counter = self.metrics.deliveries
+        for result in added:
+            for destination, status in result.statuses:
+                counter.labels(destination, status).inc()
+        return added
 
     async def ingest_shielded(
         self, events: Sequence[Event], send_to: Sequence[str], timeout_s: float

@@ -135,6 +135,8 @@ class Added:
     row: int
     queued: int
     duplicates: int
+    statuses: tuple[tuple[str, str], ...] = ()
+    """(destination, status) of each delivery row as written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +340,7 @@ class Store:
                 )
             )
             queued = duplicates = 0
+            statuses: list[tuple[str, str]] = []
             for d in event.deliveries:
                 delivery_id = self._ids.next_delivery
                 self._ids.next_delivery += 1
@@ -354,6 +357,7 @@ class Store:
                         status, payload = Status.DUPLICATE, None
                         message = f"duplicate of delivery {duplicate_of}"
                         duplicates += 1
+                statuses.append((d.destination, str(status)))
                 delivery_rows.append(
                     (
                         delivery_id,
@@ -371,7 +375,7 @@ class Store:
                         payload,
                     )
                 )
-            added.append(Added(row, queued, duplicates))
+            added.append(Added(row, queued, duplicates, tuple(statuses)))
         await self._conn.executemany(
             "INSERT INTO events (id, event_id, event_name, source, event_time, received_at,"
             " dedupable, match_keys, value, currency, consent)"
@@ -543,6 +547,15 @@ class Store:
             return cur.rowcount
 
         return await self.write(run)
+
+    async def queue_stats(self) -> dict[str, tuple[int, float | None]]:
+        """Per destination: pending deliveries and when the oldest of them was created."""
+        sql = (
+            "SELECT destination, COUNT(*), MIN(created_at) FROM deliveries"
+            " WHERE status IN ('queued', 'failed') GROUP BY destination"
+        )
+        async with self.reader.execute(sql) as cur:
+            return {row[0]: (int(row[1]), row[2]) for row in await cur.fetchall()}
 
     async def window(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Per destination and event name, the report's counts for events received in

@@ -149,7 +149,12 @@ def classify_by_status(answer: Answer, message: str | None = None) -> Result:
     408, 429, 5xx, timeouts and connection errors are transient; other 4xx are final.
     """
     status = answer.status
-    text = message or answer.error or answer.body[:300].decode("utf-8", "replace")
+    text = (
+        message
+        or answer.error
+        or answer.body[:300].decode("utf-8", "replace").strip()
+        or f"HTTP {status}"
+    )
     if status is None:
         return Result(Verdict.RETRY, text or "no answer")
     if 200 <= status < 300:
