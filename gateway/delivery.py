@@ -96,7 +96,9 @@ async def transport(
     except TimeoutError:
         return Answer(None, b"", {}, error=f"timeout after {timeout_s:.1f}s")
     except aiohttp.ClientError as exc:
-        return Answer(None, b"", {}, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        # Some errors quote the URL, and a URL may carry a secret (GA4's api_secret).
+        detail = str(exc).replace(request.url, request.url.split("?", 1)[0])
+        return Answer(None, b"", {}, error=f"{type(exc).__name__}: {detail[:200]}")
 
 
 class Worker:

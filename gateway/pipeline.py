@@ -118,7 +118,7 @@ class Pipeline:
                 f"{p} {event.consent.get(p) or 'unset'} ({event.consent.basis.get(p, '-')})"
                 for p in denied
             )
-            if dest.settings.on_denied == "drop":
+            if dest.settings.on_denied == "drop" or not dest.can_limit:
                 return _dropped(dest, event, Status.DROPPED_CONSENT, f"consent: {why}")
             event = dataclasses.replace(consent_rules.limited(event), limited=True)
             note = f"limited by consent: {why}"

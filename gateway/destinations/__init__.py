@@ -6,9 +6,14 @@ from typing import Final
 
 from gateway.destinations.base import Destination
 from gateway.destinations.dry_run import DryRun
+from gateway.destinations.forward import Forward
+from gateway.destinations.ga4_mp import Ga4Mp
 from gateway.destinations.meta_capi import MetaCapi
+from gateway.destinations.tiktok_events import TikTokEvents
 
-TYPES: Final[dict[str, type[Destination]]] = {cls.type: cls for cls in (MetaCapi, DryRun)}
+TYPES: Final[dict[str, type[Destination]]] = {
+    cls.type: cls for cls in (MetaCapi, Ga4Mp, TikTokEvents, Forward, DryRun)
+}
 
 # dry_run records a hit in its own vendor's format, or in any type's format by name.
 for _cls in TYPES.values():

@@ -84,6 +84,8 @@ class Destination(ABC):
     """Events older than this are never sent (the platform would refuse them)."""
     default_requires: ClassVar[tuple[str, ...]] = ()
     """Consent purposes this platform needs when the config says nothing (consent.md §7)."""
+    can_limit: ClassVar[bool] = True
+    """False where `on_denied: limited` cannot apply: the event is dropped instead."""
     sends: ClassVar[bool] = True
     """False for destinations that record instead of making requests (`dry_run`)."""
     keeps_payload: ClassVar[bool] = False

@@ -1,0 +1,443 @@
+"""GA4 Measurement Protocol: events to `{endpoint}/mp/collect?measurement_id=…&api_secret=…`.
+
+Payload, limits and Google's hashing rules: platforms.md §2.2 and §2.3. GA4 answers 2xx to every
+request it receives, even one it drops, so there is no per-event error to classify; `tag-gateway
+validate` asks the debug endpoint instead.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+import orjson
+import structlog
+from pydantic import Field, SecretStr
+
+from gateway import names, pii
+from gateway.destinations.base import (
+    Answer,
+    Destination,
+    Item,
+    OutRequest,
+    Rejected,
+    Result,
+    Verdict,
+    classify_by_status,
+)
+from gateway.event import JSON, ConsentState, Event, User
+from gateway.hashing import already_hashed, hash_normalized, sha256_hex
+from gateway.settings import DestinationSettings
+
+log = structlog.get_logger("gateway.destinations.ga4_mp")
+
+DEFAULT_ENDPOINT: Final = "https://www.google-analytics.com"
+SEVENTY_TWO_HOURS: Final = 72 * 3600
+MAX_EVENTS: Final = 25
+MAX_PARAMS: Final = 25
+MAX_ITEMS: Final = 200
+MAX_BODY_BYTES: Final = 130_000
+"""GA4 refuses bodies of 130 kB and more (platforms.md §2.2)."""
+DEFAULT_VALUE_LIMIT: Final = 100
+# GA4's collection limits allow these three page parameters more than the usual 100 characters
+# (https://support.google.com/analytics/answer/9267744; unverified that MP applies the same).
+VALUE_LIMITS: Final = {"page_location": 1000, "page_referrer": 420, "page_title": 300}
+
+PROPERTY_VALUE_LIMIT: Final = 36
+
+_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+_PROPERTY: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,23}")
+_RESERVED_PREFIXES: Final = ("firebase_", "ga_", "google_", "gtag.")
+_GMAIL_DOMAINS: Final = frozenset({"gmail.com", "googlemail.com"})
+
+# Request-level keys: one request carries one client and one user, so events are grouped by them.
+_REQUEST_KEYS: Final = (
+    "client_id",
+    "user_id",
+    "ip_override",
+    "user_properties",
+    "user_data",
+    "consent",
+)
+
+
+class Ga4MpSettings(DestinationSettings):
+    """`type: ga4_mp`."""
+
+    type: Literal["ga4_mp"]
+    measurement_id: str = Field(pattern=r"^G-[A-Z0-9]{4,20}$")
+    api_secret: SecretStr
+    endpoint: str = Field(default=DEFAULT_ENDPOINT, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+
+    def secrets(self) -> tuple[SecretStr, ...]:
+        return (self.api_secret,)
+
+
+# --- normalization (platforms.md §2.3) -------------------------------------------------------
+
+
+def _lower(raw: str) -> str:
+    # NFC again after lowercasing, so a second pass changes nothing (idempotent).
+    return unicodedata.normalize("NFC", pii.nfc(raw).lower())
+
+
+def google_email(raw: str) -> str | None:
+    """Trimmed, lowercased; for gmail.com and googlemail.com without dots in the local part."""
+    value = pii.email(_lower(raw))
+    if value is None:
+        return None
+    local, _, domain = value.rpartition("@")
+    if domain in _GMAIL_DOMAINS:
+        local = local.replace(".", "")
+    return f"{local}@{domain}" if local else None
+
+
+def google_phone(country: str | None) -> Callable[[str], str | None]:
+    """E.164 with the `+` (Google wants the calling code; a number without one is dropped)."""
+
+    def normalize(raw: str) -> str | None:
+        value = pii.phone_e164(raw, country)
+        # A number that reads back as another one (libphonenumber drops a NANP `1` after `+1`
+        # again and again) is no number: drop it rather than hash a moving target.
+        return value if value and pii.phone_e164(value, None) == value else None
+
+    return normalize
+
+
+def google_name(raw: str) -> str | None:
+    """Digits and symbols removed, lowercased, trimmed (inner spaces kept)."""
+    return pii.letters_only(_lower(raw), keep_spaces=True) or None
+
+
+def _clear(raw: str | None, normalize: Callable[[str], str | None]) -> str | None:
+    """A field Google wants in clear. A value that arrived hashed (a Meta pixel hashes the city,
+    say) cannot be un-hashed, and a hash in a clear field would only be noise: it is dropped."""
+    if raw is None or already_hashed(raw.strip()) is not None:
+        return None
+    return normalize(raw)
+
+
+def _country(raw: str) -> str | None:
+    code = pii.country_code(raw)
+    return code.upper() if code else None
+
+
+def _postal(raw: str) -> str | None:
+    return _lower(raw) or None
+
+
+def google_user_data(user: User) -> dict[str, JSON]:
+    """`user_data` by Google's rules: email, phone and names hashed (hex), the rest in clear."""
+    data: dict[str, JSON] = {}
+    email = hash_normalized(user.email, google_email)
+    if email:
+        data["sha256_email_address"] = [email]
+    phone = hash_normalized(user.phone, google_phone(user.country))
+    if phone:
+        data["sha256_phone_number"] = [phone]
+    address = {
+        "sha256_first_name": hash_normalized(user.first_name, google_name),
+        "sha256_last_name": hash_normalized(user.last_name, google_name),
+        "city": _clear(user.city, google_name),
+        "region": _clear(user.state, google_name),
+        "postal_code": _clear(user.zip, _postal),
+        "country": _clear(user.country, _country),
+    }
+    kept = {k: v for k, v in address.items() if v}
+    if kept:
+        data["address"] = [kept]
+    return data
+
+
+def _external_id(raw: str) -> str | None:
+    return _lower(raw) or None
+
+
+def client_id_for(event: Event) -> str:
+    """`user.ga_client_id`, else a stable ID in GA's `<n>.<n>` shape derived from, in order, the
+    hashed external_id, email or phone, the fbp or ttp cookie, or the event ID.
+
+    A derived ID keeps retries and the events of one known person together; with nothing to go
+    on (as after `on_denied: limited`, which clears every identifier), it is one per event.
+    """
+    user = event.user
+    if user.ga_client_id:
+        return user.ga_client_id
+    basis = (
+        hash_normalized(user.external_id, _external_id)
+        or hash_normalized(user.email, google_email)
+        or hash_normalized(user.phone, google_phone(user.country))
+        or user.fbp
+        or user.ttp
+        or event.event_id
+    )
+    digest = sha256_hex(f"tag-gateway:ga4:{basis}")
+    return f"{int(digest[:8], 16)}.{int(digest[8:16], 16)}"
+
+
+# --- parameters (platforms.md §2.2, §4.3) ----------------------------------------------------
+
+
+def _number(value: Decimal | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _valid_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None and not name.startswith(_RESERVED_PREFIXES)
+
+
+def _fit(event_id: str, where: str, value: JSON) -> JSON:
+    """A string value cut to GA4's limit for its parameter, saying so in the log."""
+    limit = VALUE_LIMITS.get(where, DEFAULT_VALUE_LIMIT)
+    if isinstance(value, str) and len(value) > limit:
+        log.warning(
+            "ga4.value_trimmed", event_id=event_id, param=where, length=len(value), limit=limit
+        )
+        return value[:limit]
+    return value
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _items(event: Event) -> list[dict[str, JSON]]:
+    """`items[]`: a GA4 hit's own items when it had them (every item field kept), else the
+    canonical contents."""
+    ga4_items = event.vendor_data.get("ga4", {}).get("items")
+    if isinstance(ga4_items, list) and ga4_items:
+        rows = [
+            {k: v for k, v in item.items() if isinstance(k, str) and _scalar(v)}
+            for item in ga4_items
+            if isinstance(item, dict)
+        ]
+    else:
+        rows = [
+            {
+                k: v
+                for k, v in (
+                    ("item_id", c.id),
+                    ("item_name", c.name),
+                    ("price", _number(c.item_price)),
+                    ("quantity", c.quantity),
+                    ("item_brand", c.brand),
+                    ("item_category", c.category),
+                )
+                if v is not None
+            }
+            for c in event.custom.contents
+        ] or [{"item_id": i} for i in event.custom.content_ids]
+    if len(rows) > MAX_ITEMS:
+        log.warning("ga4.items_dropped", event_id=event.event_id, items=len(rows), limit=MAX_ITEMS)
+    return [
+        {k: _fit(event.event_id, f"items.{k}", v) for k, v in row.items()}
+        for row in rows[:MAX_ITEMS]
+        if row
+    ]
+
+
+def user_properties(event: Event) -> dict[str, JSON]:
+    """`user_properties` a GA4 hit carried (`up.<n>`), within GA4's limits (24-char names,
+    36-char values, 25 of them); anything dropped or cut is logged."""
+    raw = event.vendor_data.get("ga4", {}).get("user_properties")
+    out: dict[str, JSON] = {}
+    if not isinstance(raw, dict):
+        return out
+    for name, value in raw.items():
+        valid = isinstance(name, str) and _PROPERTY.fullmatch(name) and _scalar(value)
+        if not valid or name.startswith(_RESERVED_PREFIXES) or len(out) >= MAX_PARAMS:
+            log.warning("ga4.user_property_dropped", event_id=event.event_id, name=str(name)[:64])
+            continue
+        if isinstance(value, str) and len(value) > PROPERTY_VALUE_LIMIT:
+            log.warning(
+                "ga4.value_trimmed",
+                event_id=event.event_id,
+                param=f"user_properties.{name}",
+                length=len(value),
+                limit=PROPERTY_VALUE_LIMIT,
+            )
+            value = value[:PROPERTY_VALUE_LIMIT]
+        out[name] = {"value": value}
+    return out
+
+
+def _engagement_ms(raw: object) -> int | None:
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        value = int(str(raw))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def event_params(event: Event) -> dict[str, JSON]:
+    """The event's `params` within GA4's limits: values cut, extras past 25 dropped (logged)."""
+    custom = event.custom
+    ga4 = event.vendor_data.get("ga4", {})
+    standard: dict[str, JSON] = {
+        "page_location": event.event_source_url,
+        "page_referrer": event.referrer,
+        "page_title": custom.page_title,
+        "currency": custom.currency.upper() if custom.currency else None,
+        "value": _number(custom.value),
+        # An empty transaction_id makes GA4 deduplicate every such purchase together: omit it.
+        "transaction_id": custom.order_id or None,
+        "items": _items(event) or None,
+        "search_term": custom.search_string,
+        # Both needed for realtime reports and session attribution (platforms.md §2.2).
+        "session_id": ga4.get("session_id") if _scalar(ga4.get("session_id")) else None,
+        "engagement_time_msec": _engagement_ms(ga4.get("engagement_time_msec")),
+        "event_id": event.event_id,
+    }
+    params = {k: _fit(event.event_id, k, v) for k, v in standard.items() if v is not None}
+    for key, value in custom.extra.items():
+        if key in standard:
+            continue
+        if not _valid_name(key) or not _scalar(value):
+            log.warning(
+                "ga4.param_dropped", event_id=event.event_id, param=key[:64], reason="invalid"
+            )
+            continue
+        if len(params) >= MAX_PARAMS:
+            log.warning("ga4.param_dropped", event_id=event.event_id, param=key, reason="over 25")
+            continue
+        params[key] = _fit(event.event_id, key, value)
+    return params
+
+
+# --- payload -----------------------------------------------------------------------------------
+
+
+def _consent(event: Event) -> dict[str, str]:
+    out = {}
+    for purpose in ("ad_user_data", "ad_personalization"):
+        state = event.consent.get(purpose)
+        if state is not None:
+            out[purpose] = "GRANTED" if state is ConsentState.GRANTED else "DENIED"
+    return out
+
+
+def event_payload(event: Event) -> dict[str, JSON] | Rejected:
+    """What is stored for one event: the request-level fields it needs and its `events[]` entry."""
+    name = names.from_canonical("ga4", event.event_name)
+    if not _valid_name(name):
+        return Rejected(
+            f"event name {name[:60]!r}: GA4 needs at most 40 letters, digits or underscores,"
+            " starting with a letter, and no reserved prefix"
+        )
+    payload: dict[str, JSON] = {
+        "client_id": client_id_for(event),
+        "timestamp_micros": event.event_time * 1_000_000,
+    }
+    user_id = hash_normalized(event.user.external_id, _external_id)
+    if user_id:
+        # Hashed like everywhere else: the contract never lets a plaintext external_id reach disk.
+        payload["user_id"] = user_id
+    if event.user.client_ip:
+        # The request comes from the gateway, so GA4 would otherwise locate the gateway.
+        payload["ip_override"] = event.user.client_ip
+    # Denied ad_user_data: Google gets no user-provided data at all, hashed or not.
+    if event.consent.get("ad_user_data") is not ConsentState.DENIED:
+        user_data = google_user_data(event.user)
+        if user_data:
+            payload["user_data"] = user_data
+    consent = _consent(event)
+    if consent:
+        payload["consent"] = consent
+    properties = user_properties(event)
+    if properties:
+        payload["user_properties"] = properties
+    payload["event"] = {"name": name, "params": event_params(event)}
+    return payload
+
+
+def request_body(payloads: Sequence[Mapping[str, Any]], **extra: JSON) -> dict[str, JSON]:
+    """One Measurement Protocol body for payloads that share their request-level fields.
+
+    Each event keeps its own `timestamp_micros` (it overrides the request's); the request's is the
+    earliest of them.
+    """
+    first = payloads[0]
+    body: dict[str, JSON] = {"client_id": first["client_id"]}
+    if "user_id" in first:
+        body["user_id"] = first["user_id"]
+    body["timestamp_micros"] = min(p["timestamp_micros"] for p in payloads)
+    body.update({k: first[k] for k in _REQUEST_KEYS[2:] if k in first})
+    body.update(extra)
+    body["events"] = [{**p["event"], "timestamp_micros": p["timestamp_micros"]} for p in payloads]
+    return body
+
+
+class Ga4Mp(Destination):
+    """GA4 Measurement Protocol (web stream)."""
+
+    type = "ga4_mp"
+    vendor = "ga4"
+    settings_model = Ga4MpSettings
+    max_batch = MAX_EVENTS
+    max_age_s = SEVENTY_TWO_HOURS  # timestamp_micros may be at most 72 hours in the past
+    default_requires = ("analytics_storage",)  # consent.md §7 recommendation
+
+    settings: Ga4MpSettings
+
+    @classmethod
+    def preview(cls, event: Event) -> JSON | None:
+        """The request body this event alone would make, for `dry_run`."""
+        payload = event_payload(event)
+        return None if isinstance(payload, Rejected) else request_body([payload])
+
+    def prepare(self, event: Event) -> JSON | Rejected:
+        return event_payload(event)
+
+    def _url(self, path: str) -> str:
+        s = self.settings
+        return (
+            f"{s.endpoint.rstrip('/')}{path}?measurement_id={quote(s.measurement_id)}"
+            f"&api_secret={quote(s.api_secret.get_secret_value(), safe='')}"
+        )
+
+    def _requests(self, items: Sequence[Item], path: str, **extra: JSON) -> list[OutRequest]:
+        groups: dict[bytes, list[Item]] = {}
+        for item in items:
+            shared = {k: item.payload.get(k) for k in _REQUEST_KEYS}
+            groups.setdefault(orjson.dumps(shared, option=orjson.OPT_SORT_KEYS), []).append(item)
+        url = self._url(path)
+        size = self.batch_size
+        out: list[OutRequest] = []
+        for group in groups.values():
+            for start in range(0, len(group), size):
+                out.extend(self._sized(url, group[start : start + size], extra))
+        return out
+
+    def _sized(self, url: str, chunk: Sequence[Item], extra: dict[str, JSON]) -> list[OutRequest]:
+        body = orjson.dumps(request_body([i.payload for i in chunk], **extra))
+        if len(body) >= MAX_BODY_BYTES and len(chunk) > 1:
+            half = len(chunk) // 2
+            return self._sized(url, chunk[:half], extra) + self._sized(url, chunk[half:], extra)
+        return [OutRequest("POST", url, chunk, {"Content-Type": "application/json"}, body)]
+
+    def build_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        return self._requests(items, "/mp/collect")
+
+    def debug_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        """The same requests for the validation server, which records nothing."""
+        return self._requests(
+            items, "/debug/mp/collect", validation_behavior="ENFORCE_RECOMMENDATIONS"
+        )
+
+    def classify(self, request: OutRequest, answer: Answer) -> Result:
+        if answer.status is not None and 200 <= answer.status < 300:
+            # GA4 says 2xx to anything it received, valid or not: there is nothing more to read.
+            return Result(Verdict.SENT, f"HTTP {answer.status}")
+        return classify_by_status(answer)
+
+    def describe(self) -> str:
+        s = self.settings
+        return f"ga4_mp {s.measurement_id} via {s.endpoint}"

@@ -1,0 +1,241 @@
+"""TikTok Events API 2.0: web events to `{endpoint}/open_api/v1.3/event/track/`.
+
+Payload, hashing rules and answers: platforms.md §3.2 and §3.3. TikTok answers HTTP 200 with its
+own `code` in the body, and one bad event fails the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Final, Literal
+
+import orjson
+from pydantic import Field, SecretStr
+
+from gateway import names, pii
+from gateway.destinations.base import (
+    Answer,
+    Destination,
+    Item,
+    OutRequest,
+    Rejected,
+    Result,
+    Verdict,
+    classify_by_status,
+)
+from gateway.event import JSON, Event, User
+from gateway.hashing import hash_normalized
+from gateway.settings import DestinationSettings
+
+DEFAULT_ENDPOINT: Final = "https://business-api.tiktok.com"
+TRACK_PATH: Final = "/open_api/v1.3/event/track/"
+
+
+class TikTokEventsSettings(DestinationSettings):
+    """`type: tiktok_events`."""
+
+    type: Literal["tiktok_events"]
+    pixel_code: str = Field(pattern=r"^[A-Za-z0-9]{4,40}$")
+    access_token: SecretStr
+    test_event_code: str | None = None
+    endpoint: str = Field(default=DEFAULT_ENDPOINT, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+
+    def secrets(self) -> tuple[SecretStr, ...]:
+        return (self.access_token,)
+
+
+# --- normalization (platforms.md §3.3) -------------------------------------------------------
+
+
+def tiktok_lower(raw: str) -> str | None:
+    """Trimmed and lowercased (email, external_id, names, zip code)."""
+    return pii.nfc(raw).lower() or None
+
+
+def tiktok_phone(country: str | None) -> Callable[[str], str | None]:
+    """E.164 with the `+` and calling code (`+12133734253`); unusable without one."""
+
+    def normalize(raw: str) -> str | None:
+        value = pii.phone_e164(raw, country)
+        # A number that reads back as another one (libphonenumber drops a NANP `1` after `+1`
+        # again and again) is no number: drop it rather than hash a moving target.
+        return value if value and pii.phone_e164(value, None) == value else None
+
+    return normalize
+
+
+def tiktok_user(user: User) -> dict[str, str]:
+    """`user` by TikTok's rules: match keys hashed, ttp, ttclid, IP and UA as they are."""
+    rules: dict[str, tuple[str | None, Callable[[str], str | None]]] = {
+        "email": (user.email, pii.email),
+        "phone": (user.phone, tiktok_phone(user.country)),
+        "external_id": (user.external_id, tiktok_lower),
+        "first_name": (user.first_name, tiktok_lower),
+        "last_name": (user.last_name, tiktok_lower),
+        "zip_code": (user.zip, tiktok_lower),
+    }
+    out: dict[str, str] = {}
+    for key, (value, normalize) in rules.items():
+        hashed = hash_normalized(value, normalize)
+        if hashed:
+            out[key] = hashed
+    clear = {
+        "ttp": user.ttp,
+        "ttclid": user.ttclid,
+        "ip": user.client_ip,
+        "user_agent": user.user_agent,
+    }
+    out.update({k: v for k, v in clear.items() if v})
+    return out
+
+
+def _number(value: Decimal | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def tiktok_properties(event: Event) -> dict[str, JSON]:
+    """`properties` from the canonical `custom` (platforms.md §4.3)."""
+    custom = event.custom
+    contents = [
+        {
+            k: v
+            for k, v in (
+                ("content_id", c.id),
+                ("content_name", c.name),
+                ("price", _number(c.item_price)),
+                ("quantity", c.quantity),
+                ("brand", c.brand),
+                ("content_category", c.category),
+            )
+            if v is not None
+        }
+        for c in custom.contents
+    ] or [{"content_id": i} for i in custom.content_ids]
+    fields: dict[str, JSON] = {
+        "currency": custom.currency.upper() if custom.currency else None,
+        "value": _number(custom.value),
+        "content_type": custom.content_type,
+        "contents": contents or None,
+        "query": custom.search_string,
+        "order_id": custom.order_id,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def event_name(event: Event) -> str:
+    """The name a TikTok pixel sent, unchanged, so it matches the browser's own copy
+    (platforms.md §4.2); else the canonical name mapped to TikTok's."""
+    received = event.vendor_data.get("tiktok", {}).get("event")
+    if isinstance(received, str) and received:
+        return received
+    return names.from_canonical("tiktok", event.event_name)
+
+
+def web_event(event: Event) -> dict[str, JSON]:
+    """One `data[]` element of an Events API request."""
+    body: dict[str, JSON] = {
+        "event": event_name(event),
+        "event_time": event.event_time,
+        "event_id": event.event_id,
+        "user": tiktok_user(event.user),
+    }
+    properties = tiktok_properties(event)
+    if properties:
+        body["properties"] = properties
+    page = {"url": event.event_source_url, "referrer": event.referrer}
+    if any(page.values()):
+        body["page"] = {k: v for k, v in page.items() if v}
+    # Set where Meta's Limited Data Use would be (consent.md §5), by whoever resolved consent.
+    if event.vendor_data.get("tiktok", {}).get("limited_data_use"):
+        body["limited_data_use"] = True
+    return body
+
+
+# --- answers (platforms.md §3.2) -------------------------------------------------------------
+
+# TikTok publishes no code list for this endpoint. These meanings come from public integrations
+# (RudderStack's TikTok handler, Singer's tap-tiktok-ads backoff list; unverified): 40100 is its
+# rate limit, 40700 and 50000/50002 are errors on TikTok's side.
+_RETRY_CODES: Final = frozenset({40100, 40700, 50000, 50002})
+# The access token is missing or wrong: no event is at fault, so splitting cannot help.
+_CONFIG_CODES: Final = frozenset({40104, 40105})
+
+
+def classify_tiktok(answer: Answer, batch_size: int) -> Result:
+    """TikTok's answer by its `code`; a non-zero code inside an HTTP 200 is a failure."""
+    try:
+        body = orjson.loads(answer.body) if answer.body else None
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict) or type(body.get("code")) is not int:
+        return classify_by_status(answer)
+    code: int = body["code"]
+    message = str(body.get("message") or "")
+    text = f"code {code}: {message}" if message else f"code {code}"
+    if request_id := body.get("request_id"):
+        text += f" (request_id {request_id})"
+    by_status = classify_by_status(answer)
+    if answer.status is None or not 200 <= answer.status < 300:
+        if code in _RETRY_CODES:
+            return Result(Verdict.RETRY, text, by_status.retry_after_s)
+        return Result(by_status.verdict, text, by_status.retry_after_s)
+    if code == 0:
+        return Result(Verdict.SENT, text)
+    if code in _RETRY_CODES:
+        return Result(Verdict.RETRY, text, by_status.retry_after_s)
+    if code in _CONFIG_CODES:
+        return Result(Verdict.DEAD, text)
+    # Anything else refused the whole batch for what may be one event: isolate it.
+    return Result(Verdict.SPLIT if batch_size > 1 else Verdict.DEAD, text)
+
+
+class TikTokEvents(Destination):
+    """TikTok Events API (web)."""
+
+    type = "tiktok_events"
+    vendor = "tiktok"
+    settings_model = TikTokEventsSettings
+    max_batch = 1000
+    default_requires = ("ad_storage", "ad_user_data")  # consent.md §7 recommendation
+
+    settings: TikTokEventsSettings
+
+    @classmethod
+    def preview(cls, event: Event) -> JSON:
+        """The web event as it would be sent, for `dry_run`."""
+        return web_event(event)
+
+    def prepare(self, event: Event) -> JSON | Rejected:
+        payload = web_event(event)
+        if not payload["event"]:
+            return Rejected("event: empty name")
+        return payload
+
+    def build_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        s = self.settings
+        url = f"{s.endpoint.rstrip('/')}{TRACK_PATH}"
+        headers = {
+            "Content-Type": "application/json",
+            "Access-Token": s.access_token.get_secret_value(),
+        }
+        size = self.batch_size
+        requests = []
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            body: dict[str, JSON] = {"event_source": "web", "event_source_id": s.pixel_code}
+            if s.test_event_code:
+                body["test_event_code"] = s.test_event_code
+            body["data"] = [i.payload for i in chunk]
+            requests.append(OutRequest("POST", url, chunk, headers, orjson.dumps(body)))
+        return requests
+
+    def classify(self, request: OutRequest, answer: Answer) -> Result:
+        return classify_tiktok(answer, len(request.items))
+
+    def describe(self) -> str:
+        s = self.settings
+        test = f", test_event_code {s.test_event_code}" if s.test_event_code else ""
+        return f"tiktok_events pixel {s.pixel_code} via {s.endpoint}{test}"

@@ -1,0 +1,181 @@
+"""`tag-gateway validate`: sample events to each destination's test mode, and what came back.
+
+GA4 gets the real request body at `/debug/mp/collect` (nothing is recorded) and answers with
+validation messages; Meta and TikTok get it at their normal endpoint with the configured
+`test_event_code`, which routes it to their test-events view. Without a code they are skipped:
+the sample would count as a real conversion. Nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TextIO
+
+import aiohttp
+import orjson
+
+from gateway import destinations
+from gateway.config import Config
+from gateway.delivery import transport
+from gateway.destinations.base import Destination, Item, OutRequest, Rejected, Verdict
+from gateway.destinations.ga4_mp import Ga4Mp
+from gateway.destinations.meta_capi import MetaCapi
+from gateway.destinations.tiktok_events import TikTokEvents
+from gateway.event import Consent, ConsentState, Content, Custom, Event, User
+
+SAMPLE_URL = "https://example.com/tag-gateway/validate"
+
+
+def sample_events(now: int | None = None) -> list[Event]:
+    """A product view and a purchase with test identities: what every platform wants to see.
+
+    Not a page view: GA4 reserves `page_view`, and its validator may say so.
+    """
+    at = int(time.time()) if now is None else now
+    run = secrets.token_hex(4)
+    granted = ConsentState.GRANTED
+    user = User(
+        email="validate@example.com",
+        phone="+1 415 555 0100",
+        first_name="Test",
+        last_name="User",
+        country="US",
+        external_id="tag-gateway-validate",
+        client_ip="203.0.113.7",
+        user_agent="Mozilla/5.0 (tag-gateway validate)",
+        ga_client_id="1234567890.1700000000",
+    )
+    purchase = Custom(
+        value=Decimal("1.00"),
+        currency="EUR",
+        order_id=f"tg-validate-{run}",
+        contents=(Content("tg-validate-sku", 1, Decimal("1.00"), name="Sample"),),
+    )
+    return [
+        Event(
+            event_id=f"tg-validate-{run}-{i}",
+            event_name=name,
+            event_time=at,
+            source="validate",
+            event_source_url=SAMPLE_URL,
+            user=user,
+            custom=custom,
+            consent=Consent(granted, granted, granted, granted),
+        )
+        for i, (name, custom) in enumerate((("view_content", Custom()), ("purchase", purchase)), 1)
+    ]
+
+
+class _Report:
+    """What one destination's check printed and whether anything was wrong."""
+
+    def __init__(self, name: str, out: TextIO) -> None:
+        self.name = name
+        self.out = out
+        self.problems = 0
+
+    def line(self, text: str) -> None:
+        print(f"{self.name}: {text}", file=self.out)
+
+    def detail(self, text: str) -> None:
+        print(f"  {text}", file=self.out)
+
+    def problem(self, text: str) -> None:
+        self.problems += 1
+        self.detail(text)
+
+
+def _items(dest: Destination, events: Sequence[Event], report: _Report) -> list[Item]:
+    items = []
+    for i, event in enumerate(events):
+        prepared = dest.prepare(event)
+        if isinstance(prepared, Rejected):
+            report.problem(f"sample {event.event_name} rejected: {prepared.reason}")
+        else:
+            items.append(Item(i, prepared))
+    return items
+
+
+async def _ga4(
+    dest: Ga4Mp, session: aiohttp.ClientSession, events: Sequence[Event], report: _Report
+) -> None:
+    url = f"{dest.settings.endpoint.rstrip('/')}/debug/mp/collect"  # without the secret
+    for request in dest.debug_requests(_items(dest, events, report)):
+        answer = await transport(session, request, dest.settings.timeout_ms / 1000)
+        report.line(f"{len(request.items)} sample events to {url}: {_status(answer.status)}")
+        if answer.status is None or not 200 <= answer.status < 300:
+            report.problem(answer.error or answer.body[:300].decode("utf-8", "replace"))
+            continue
+        try:
+            body = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            report.problem("the answer is not JSON")
+            continue
+        messages = body.get("validationMessages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            report.problem("the answer has no validationMessages")
+            continue
+        for message in messages:
+            if not isinstance(message, dict):
+                message = {"description": str(message)}
+            where = f"{message.get('validationCode', '?')} {message.get('fieldPath', '')}"
+            report.problem(f"{where.strip()}: {message.get('description', '')}")
+        if not messages:
+            report.detail("no validation messages")
+
+
+async def _test_event_code(
+    dest: MetaCapi | TikTokEvents,
+    session: aiohttp.ClientSession,
+    events: Sequence[Event],
+    report: _Report,
+) -> None:
+    code = dest.settings.test_event_code
+    if not code:
+        report.line("skipped: no test_event_code configured (samples would count as real events)")
+        return
+    requests: list[OutRequest] = dest.build_requests(_items(dest, events, report))
+    for request in requests:
+        answer = await transport(session, request, dest.settings.timeout_ms / 1000)
+        result = dest.classify(request, answer)
+        report.line(
+            f"{len(request.items)} sample events with test_event_code {code}:"
+            f" {_status(answer.status)}"
+        )
+        if result.verdict is Verdict.SENT:
+            report.detail(f"accepted: {result.message}")
+        elif result.verdict is Verdict.RETRY:
+            report.problem(f"failed (a delivery would retry): {result.message}")
+        else:
+            report.problem(f"refused: {result.message}")
+
+
+def _status(status: int | None) -> str:
+    return f"HTTP {status}" if status is not None else "no answer"
+
+
+async def run_validate(config: Config, out: TextIO) -> int:
+    """Validate every configured destination against its platform's test mode.
+
+    Prints what each platform said; returns 1 if any reported a problem, else 0.
+    """
+    events = sample_events()
+    problems = 0
+    async with aiohttp.ClientSession(headers={"User-Agent": "tag-gateway"}) as session:
+        for name, settings in config.destinations.items():
+            dest = destinations.TYPES[settings.type](name, settings)
+            report = _Report(name, out)
+            if isinstance(dest, Ga4Mp):
+                await _ga4(dest, session, events, report)
+            elif isinstance(dest, MetaCapi | TikTokEvents):
+                await _test_event_code(dest, session, events, report)
+            else:
+                report.line(f"skipped: {dest.type} has no test mode")
+            if report.problems:
+                report.line(f"{report.problems} problem(s)")
+            problems += report.problems
+    print("validate: " + (f"{problems} problem(s)" if problems else "ok"), file=out)
+    return 1 if problems else 0

@@ -1,0 +1,252 @@
+"""`forward`: the original hit to its vendor's host only, plain-text personal data hashed."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from gateway.destinations.base import Answer, Item, Rejected, Verdict
+from gateway.destinations.forward import Forward, ForwardSettings, Vendor, vendor_path
+from gateway.destinations.meta_capi import meta_user_data
+from gateway.event import Event, RawHit, User
+from gateway.hashing import sha256_hex
+
+
+def _destination(vendor: Vendor, endpoint: str | None = None) -> Forward:
+    settings = ForwardSettings(type="forward", vendor=vendor, endpoint=endpoint)
+    return Forward(f"{vendor}_forward", settings)
+
+
+def _event(raw: RawHit | None, **overrides: object) -> Event:
+    fields: dict[str, object] = {
+        "event_id": "e1",
+        "event_name": "page_view",
+        "event_time": 1_795_000_000,
+        "source": "meta_pixel",
+        "user": User(client_ip="203.0.113.9", user_agent="Mozilla/5.0 (X11)"),
+        "raw": raw,
+    }
+    fields.update(overrides)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def _hit(vendor: str, query: str = "", body: bytes = b"", **overrides: object) -> RawHit:
+    fields: dict[str, object] = {
+        "vendor": vendor,
+        "method": "POST" if body else "GET",
+        "path": {"meta": "/tr/", "ga4": "/g/collect", "tiktok": "/api/v2/pixel"}[vendor],
+        "query_string": query,
+        "body": body,
+        "content_type": None,
+    }
+    fields.update(overrides)
+    return RawHit(**fields)  # type: ignore[arg-type]
+
+
+def _prepared(dest: Forward, event: Event) -> dict[str, object]:
+    prepared = dest.prepare(event)
+    assert isinstance(prepared, dict)
+    return prepared
+
+
+def test_only_hits_from_the_configured_vendor_are_taken() -> None:
+    dest = _destination("meta")
+    assert dest.accepts(_event(_hit("meta", "id=1&ev=PageView")))
+    assert not dest.accepts(_event(_hit("ga4", "v=2")))
+    assert not dest.accepts(_event(None))  # a server event has no hit to forward
+    assert isinstance(dest.prepare(_event(None)), Rejected)
+
+
+def test_a_meta_get_hit_goes_out_unchanged_to_facebook() -> None:
+    dest = _destination("meta")
+    query = (
+        f"id=1234567890&ev=PageView&eid=pv-1&dl=https%3A%2F%2Fs.example%2F&ud%5Bem%5D={'b' * 64}"
+    )
+    payload = _prepared(dest, _event(_hit("meta", query)))
+    assert payload == {
+        "method": "GET",
+        "path": "/tr/",
+        "query": query,  # byte for byte: nothing in it needed hashing
+        "body": "",
+        "content_type": None,
+        "client_ip": "203.0.113.9",
+        "user_agent": "Mozilla/5.0 (X11)",
+    }
+    (request,) = dest.build_requests([Item(7, payload)])
+    assert request.method == "GET"
+    assert request.url == f"https://www.facebook.com/tr/?{query}"
+    assert request.body is None
+    assert request.headers == {"User-Agent": "Mozilla/5.0 (X11)", "X-Forwarded-For": "203.0.113.9"}
+
+
+def test_plain_text_personal_data_is_hashed_before_it_is_stored() -> None:
+    dest = _destination("meta")
+    query = "id=1&ev=Lead&ud[em]=Jane@Example.com&ud[ph]=&ud[zp]=" + "c" * 64
+    payload = _prepared(dest, _event(_hit("meta", query)))
+    stored = orjson.dumps(payload).decode()
+    assert "jane" not in stored.lower()
+    pairs = dict(parse_qsl(str(payload["query"]), keep_blank_values=True))
+    assert pairs == {
+        "id": "1",
+        "ev": "Lead",
+        "ud[em]": meta_user_data(User(email="Jane@Example.com"))["em"],
+        "ud[ph]": "",
+        "ud[zp]": "c" * 64,
+    }
+
+
+def test_a_form_post_is_scrubbed_and_a_multipart_one_with_plain_data_refused() -> None:
+    dest = _destination("meta")
+    form = b"id=1&ev=Lead&udff%5Bfn%5D=Jane"
+    hit = _hit("meta", body=form, content_type="application/x-www-form-urlencoded")
+    payload = _prepared(dest, _event(hit))
+    body = base64.b64decode(str(payload["body"])).decode()
+    assert dict(parse_qsl(body)) == {"id": "1", "ev": "Lead", "udff[fn]": sha256_hex("jane")}
+    (request,) = dest.build_requests([Item(1, payload)])
+    assert request.method == "POST"
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+
+    multipart = (
+        b'--q\r\nContent-Disposition: form-data; name="ud[em]"\r\n\r\njane@example.com\r\n--q--\r\n'
+    )
+    hit = _hit("meta", body=multipart, content_type="multipart/form-data; boundary=q")
+    refused = dest.prepare(_event(hit))
+    assert isinstance(refused, Rejected)
+    assert "plain-text personal data" in refused.reason
+
+
+def test_ga4_gets_the_client_ip_as_uip_and_a_forged_one_is_dropped() -> None:
+    dest = _destination("ga4")
+    query = "v=2&tid=G-ABC123&cid=1.2&en=page_view&_uip=6.6.6.6"
+    payload = _prepared(dest, _event(_hit("ga4", query), user=User(client_ip="2001:db8::1")))
+    (request,) = dest.build_requests([Item(1, payload)])
+    parts = urlsplit(request.url)
+    assert (parts.scheme, parts.netloc, parts.path) == (
+        "https",
+        "www.google-analytics.com",
+        "/g/collect",
+    )
+    assert parse_qs(parts.query) == {
+        "v": ["2"],
+        "tid": ["G-ABC123"],
+        "cid": ["1.2"],
+        "en": ["page_view"],
+        "_uip": ["2001:db8::1"],
+    }
+    assert "X-Forwarded-For" not in request.headers
+
+
+def test_ga4_plain_user_data_is_hashed_as_gtag_would() -> None:
+    dest = _destination("ga4")
+    made = base64.urlsafe_b64encode(bytes.fromhex("ab" * 32)).rstrip(b"=").decode()
+    em = f"tv.1~em.Jane.Doe@Gmail.com~pn.{made}~co0.NO"
+    payload = _prepared(dest, _event(_hit("ga4", f"v=2&en=x&em={em}")))
+    (value,) = parse_qs(str(payload["query"]))["em"]
+    expected = base64.urlsafe_b64encode(bytes.fromhex(sha256_hex("janedoe@gmail.com")))
+    assert value == f"tv.1~em.{expected.rstrip(b'=').decode()}~pn.{made}~co0.NO"
+
+
+def test_each_ga4_event_forwards_its_own_line() -> None:
+    dest = _destination("ga4")
+    body = b"en=page_view&_et=3674\n\nen=click&_et=799&dt=Test%20Page\n"
+    hit = _hit("ga4", "v=2&tid=G-ABC123&cid=1.2", body, content_type="text/plain")
+    first = _prepared(dest, _event(hit, vendor_data={"ga4": {"line": 0}}))
+    second = _prepared(dest, _event(hit, vendor_data={"ga4": {"line": 1}}))
+    assert base64.b64decode(str(first["body"])) == b"en=page_view&_et=3674"
+    assert base64.b64decode(str(second["body"])) == b"en=click&_et=799&dt=Test%20Page"
+    whole = _prepared(dest, _event(hit))
+    assert base64.b64decode(str(whole["body"])).count(b"\n") == 1  # blank lines only go
+
+
+def test_tiktok_json_body_keeps_its_shape_with_the_raw_external_id_hashed() -> None:
+    dest = _destination("tiktok")
+    message = {
+        "event": "CompleteRegistration",
+        "event_id": "ID1",
+        "context": {
+            "pixel": {"code": "CABC123"},
+            "user": {"email": "a" * 64, "external_id": 123456},
+        },
+        "properties": {"currency": "USD", "value": 0},
+    }
+    hit = _hit("tiktok", body=orjson.dumps(message), content_type="application/json")
+    payload = _prepared(dest, _event(hit))
+    sent = orjson.loads(base64.b64decode(str(payload["body"])))
+    assert sent["context"]["user"] == {"email": "a" * 64, "external_id": sha256_hex("123456")}
+    assert {k: v for k, v in sent.items() if k != "context"} == {
+        k: v for k, v in message.items() if k != "context"
+    }
+    (request,) = dest.build_requests([Item(1, payload)])
+    assert request.url == "https://analytics.tiktok.com/api/v2/pixel"
+
+
+def test_tiktok_analytics_message_in_the_query_is_scrubbed_too() -> None:
+    dest = _destination("tiktok")
+    message = {"event": "Pageview", "context": {"user": {"email": "Jane@Example.com"}}}
+    encoded = base64.b64encode(orjson.dumps(message)).decode()
+    hit = _hit("tiktok", f"analytics_message={encoded}", path="/api/v2/pixel/act")
+    payload = _prepared(dest, _event(hit))
+    (value,) = parse_qs(str(payload["query"]))["analytics_message"]
+    decoded = orjson.loads(base64.b64decode(value + "=" * (-len(value) % 4)))
+    assert decoded["context"]["user"]["email"] == sha256_hex("jane@example.com")
+    assert payload["path"] == "/api/v2/pixel/act"
+
+
+@pytest.mark.parametrize(
+    ("vendor", "path", "expected"),
+    [
+        ("meta", "/tr", "/tr"),
+        ("meta", "/custom/collect/", "/tr/"),  # a configured source path never reaches Meta
+        ("ga4", "/x/y", "/g/collect"),
+        ("tiktok", "/api/v2/pixel/track/", "/api/v2/pixel/track/"),
+        ("tiktok", "/t/act", "/api/v2/pixel/act"),
+        ("tiktok", "/@evil.example/x", "/api/v2/pixel"),
+    ],
+)
+def test_the_path_is_one_of_the_vendors_own(vendor: str, path: str, expected: str) -> None:
+    assert vendor_path(vendor, path) == expected
+
+
+def test_the_host_is_always_the_configured_one() -> None:
+    dest = _destination("meta", endpoint="http://127.0.0.1:9")
+    hit = _hit("meta", "id=1", path="@evil.example/tr")
+    (request,) = dest.build_requests([Item(1, _prepared(dest, _event(hit)))])
+    assert urlsplit(request.url).netloc == "127.0.0.1:9"
+    assert request.url == "http://127.0.0.1:9/tr?id=1"
+    assert isinstance(dest.prepare(_event(_hit("meta", method="PUT"))), Rejected)
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict"),
+    [
+        (Answer(200, b"GIF89a\x01\x00", {}), Verdict.SENT),
+        (Answer(204, b"", {}), Verdict.SENT),
+        (Answer(503, b"", {}), Verdict.RETRY),
+        (Answer(None, b"", {}, error="timeout"), Verdict.RETRY),
+        (Answer(404, b"", {}), Verdict.DEAD),
+    ],
+)
+def test_classification_by_status(answer: Answer, verdict: Verdict) -> None:
+    dest = _destination("meta")
+    (request,) = dest.build_requests([Item(1, _prepared(dest, _event(_hit("meta", "id=1"))))])
+    result = dest.classify(request, answer)
+    assert result.verdict is verdict
+    if verdict is Verdict.SENT:
+        assert result.message == f"HTTP {answer.status}"
+
+
+def test_settings_and_describe() -> None:
+    assert _destination("ga4").describe() == "forward ga4 hits to https://www.google-analytics.com"
+    assert _destination("tiktok", "http://127.0.0.1:9/").describe() == (
+        "forward tiktok hits to http://127.0.0.1:9"
+    )
+    assert Forward.max_batch == 1
+    assert Forward.vendor is None  # dry_run's `auto` format must never pick forward
+    with pytest.raises(ValidationError):
+        ForwardSettings(type="forward", vendor="bing")
+    with pytest.raises(ValidationError):
+        ForwardSettings(type="forward", vendor="meta", endpoint="ftp://x")
