@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--compare-to", help="T1..T2 (default: the window just before)")
     report.add_argument("--fail-on-drop", type=float, metavar="PCT")
     report.add_argument("--json", action="store_true")
+    command("validate", "send sample events to each destination's test mode")
     return parser
 
 
@@ -84,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_deliveries(_load(args.config), args))
     if args.command == "replay":
         return asyncio.run(_replay(_load(args.config), args))
+    if args.command == "validate":
+        from gateway.validate import run_validate
+
+        return asyncio.run(run_validate(_load(args.config), sys.stdout))
     if args.command == "report":
         return asyncio.run(_report(_load(args.config), args))
     return 2
