@@ -101,7 +101,8 @@ async def _never_a_500(
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
-    store = await Store.open(app[CONFIG].storage.path)
+    storage = app[CONFIG].storage
+    store = await Store.open(storage.path, storage.synchronous)
     released = await store.release_leases()
     if released:
         log.info("store.recovered_in_flight", deliveries=released)

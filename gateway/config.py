@@ -52,6 +52,10 @@ class Storage(StrictModel):
     path: str = "./tag-gateway.sqlite3"
     # At least 2: deduplication looks back 48 hours through the delivery log.
     retention_days: int = Field(default=30, ge=2, le=3650)
+    synchronous: Literal["full", "normal"] = "full"
+    """`full`: an acknowledged event survives a process crash and a power cut. `normal`:
+    it survives a process crash (kill -9) but the last moments before a power cut may be
+    lost; about 1.6x the hit throughput (README, Performance)."""
 
 
 class Cookies(StrictModel):

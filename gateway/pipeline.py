@@ -17,7 +17,7 @@ import orjson
 from gateway import consent as consent_rules
 from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
-from gateway.event import PURPOSES, Event
+from gateway.event import PURPOSES, Consent, Event
 from gateway.metrics import Metrics
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.store import Added, NewDelivery, NewEvent, Status, Store
@@ -56,22 +56,30 @@ class Pipeline:
         self.destinations = destinations
         self.consent = consent or ConsentSettings()
         self.shared_rules, self.scoped_rules = split_shared(rules)
+        self._resolved: dict[tuple[object, ...], Consent] = {}
 
     def resolve_consent(self, event: Event) -> Event:
         """The four purposes from every signal the event carries (consent.md §7)."""
-        explicit = {
-            p: str(state)
+        explicit = tuple(
+            (p, str(state))
             for p in PURPOSES
             if (state := event.consent.get(p)) is not None
             and event.consent.basis.get(p) == "server"
-        }
-        resolved = consent_rules.resolve(
-            explicit or None,
-            event.consent_signals,
-            default=self.consent.default,
-            honor_gpc=self.consent.honor_gpc,
-            use_tcf=self.consent.tcf,
         )
+        key = (explicit, tuple(sorted(event.consent_signals.items())))
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            # Most hits carry one of a few signal sets: decide each set once.
+            resolved = consent_rules.resolve(
+                dict(explicit) or None,
+                event.consent_signals,
+                default=self.consent.default,
+                honor_gpc=self.consent.honor_gpc,
+                use_tcf=self.consent.tcf,
+            )
+            if len(self._resolved) >= 4096:
+                self._resolved.clear()
+            self._resolved[key] = resolved
         return dataclasses.replace(event, consent=resolved)
 
     def rows(self, event: Event, send_to: Sequence[str]) -> NewEvent:

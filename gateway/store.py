@@ -94,7 +94,6 @@ CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
 _PRAGMAS: Final = (
     "PRAGMA busy_timeout=5000",  # first: another process (a CLI command) may hold the lock
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",
     "PRAGMA secure_delete=ON",
 )
 
@@ -204,12 +203,14 @@ class Store:
         """Called after a commit with the destinations that got new queued rows."""
 
     @classmethod
-    async def open(cls, path: str) -> Store:
+    async def open(cls, path: str, synchronous: str = "full") -> Store:
         """Open (creating if needed) the SQLite file, migrate, and start the writer."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path, isolation_level=None)
         for pragma in _PRAGMAS:
             await conn.execute(pragma)
+        level = "NORMAL" if synchronous == "normal" else "FULL"
+        await conn.execute(f"PRAGMA synchronous={level}")
         await conn.executescript(SCHEMA)
         reader = await aiosqlite.connect(path, isolation_level=None)
         await reader.execute("PRAGMA busy_timeout=5000")

@@ -300,7 +300,7 @@ async def test_a_failing_destination_slows_no_other(
         await eventually(lambda i=i: f"iso-{i}" in sent_ids(fake_platform))
         latencies.append(time.monotonic() - started)
     assert hung  # control: the other destination really was hanging meanwhile
-    assert max(latencies) < 0.5, latencies
+    assert max(latencies) < 1.0, latencies  # the other waits 1 s per try
 
 
 # --- operators --------------------------------------------------------------------------------

@@ -147,11 +147,11 @@ async def test_the_answer_waits_for_the_commit(
     started = time.monotonic()
     assert (await gw.client.get(target, headers={"User-Agent": "UA"})).status == 200
     quick = time.monotonic() - started
-    assert quick < 0.3
+    assert quick < 0.5
 
-    # Hold the writer for 0.6 s: the next hit's answer must wait for its own commit.
+    # Hold the writer for 1.2 s: the next hit's answer must wait for its own commit.
     async def slow(conn: object) -> None:
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.2)
 
     blocker = asyncio.create_task(gw.store.write(slow))
     await asyncio.sleep(0.05)
@@ -159,7 +159,7 @@ async def test_the_answer_waits_for_the_commit(
     response = await gw.client.get(target.replace("pv-1", "pv-2"), headers={"User-Agent": "UA"})
     waited = time.monotonic() - started
     assert response.status == 200
-    assert waited >= 0.45
+    assert waited >= 1.0
     # And once answered, the event is on disk for any other reader.
     with sqlite3.connect(str(db_path)) as conn:
         ids = {row[0] for row in conn.execute("SELECT event_id FROM events")}
