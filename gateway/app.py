@@ -14,6 +14,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway import admin
 from gateway import destinations as destination_types
 from gateway import sources as source_types
 from gateway.client_ip import client_ip
@@ -80,6 +81,8 @@ def create_app(config: Config) -> web.Application:
         )
         for method, path in source.routes():
             app.router.add_route(method, path, handler)
+    if config.admin is not None:
+        app.router.add_get("/admin", _admin)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -316,6 +319,25 @@ def _server_handler(
         )
 
     return handle
+
+
+async def _admin(request: web.Request) -> web.Response:
+    settings = request.app[CONFIG].admin
+    if settings is None or not admin.authorized(request, settings.token.get_secret_value()):
+        return web.Response(
+            status=401,
+            text="admin token required",
+            headers={"WWW-Authenticate": 'Basic realm="tag-gateway admin"'},
+        )
+    html = await admin.page(request.app[STORE])
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        },
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:

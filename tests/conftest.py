@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -151,3 +152,28 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium; .ci/run installs it and sets TAG_GATEWAY_REQUIRE_BROWSER=1, so in CI
+    a missing browser fails the test instead of skipping it."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.environ.get("TAG_GATEWAY_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{CHROMIUM} is required (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} not installed")
