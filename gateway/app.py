@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,16 +15,18 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import admin
+from gateway import admin, cookies
 from gateway import destinations as destination_types
 from gateway import sources as source_types
 from gateway.client_ip import client_ip
-from gateway.config import Config
+from gateway.config import Config, Cookies
+from gateway.cors import cors_middleware
 from gateway.delivery import Worker
 from gateway.destinations.base import Destination
-from gateway.event import Event
+from gateway.event import ConsentState, Event
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.scripts import ScriptProxy
 from gateway.sources.base import Hit, Outcome, Source
 from gateway.sources.server import BodyError, ServerSource, authorized, parse_body
 from gateway.store import Store
@@ -46,6 +49,8 @@ METRICS: Final = web.AppKey("metrics", Metrics)
 WORKERS: Final = web.AppKey("workers", dict[str, Worker])
 DESTINATIONS: Final = web.AppKey("destinations", Mapping[str, Destination])
 QUEUE_CACHE: Final = web.AppKey("queue_cache", QueueCache)
+SCRIPTS: Final = web.AppKey("scripts", ScriptProxy)
+_RNG: Final = random.SystemRandom()
 
 BROWSER_STORE_WAIT_S: Final = 5.0
 """A browser hit waits this long for its commit, then gets its answer anyway."""
@@ -64,7 +69,11 @@ def build_destinations(config: Config) -> dict[str, Destination]:
 
 def create_app(config: Config) -> web.Application:
     """The gateway as an aiohttp application (the same factory serves tests and `serve`)."""
-    app = web.Application(client_max_size=config.listen.max_body_bytes, middlewares=[_never_a_500])
+    # CORS outermost, so even a 503 from the safety net carries the shop's CORS headers.
+    app = web.Application(
+        client_max_size=config.listen.max_body_bytes,
+        middlewares=[cors_middleware(config.allowed_origins), _never_a_500],
+    )
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[DESTINATIONS] = build_destinations(config)
@@ -77,10 +86,14 @@ def create_app(config: Config) -> web.Application:
         handler = (
             _server_handler(source)
             if isinstance(source, ServerSource)
-            else _browser_handler(source)
+            else _browser_handler(source, _cookie_vendors(config, settings.send_to))
         )
         for method, path in source.routes():
             app.router.add_route(method, path, handler)
+    if config.scripts:
+        app.cleanup_ctx.append(_scripts)
+        for script in config.scripts:
+            app.router.add_get(script.path, _script)
     if config.admin is not None:
         app.router.add_get("/admin", _admin)
     app.router.add_get("/healthz", _healthz)
@@ -163,7 +176,27 @@ async def _prune_forever(app: web.Application) -> None:
         await asyncio.sleep(RETENTION_EVERY_S)
 
 
-def _browser_handler(source: Source) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _cookie_vendors(config: Config, send_to: Sequence[str]) -> tuple[str, ...]:
+    """Vendors whose first-party cookies a source's answers refresh: those its events go to
+    (a GA4 hit routed to Meta gets `_fbp` and `_fbc` too)."""
+    vendors = {destination_types.TYPES[config.destinations[d].type].vendor for d in send_to}
+    return tuple(sorted(v for v in vendors if v in ("meta", "tiktok")))
+
+
+async def _scripts(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession(headers={"User-Agent": "tag-gateway"}) as session:
+        app[SCRIPTS] = ScriptProxy(app[CONFIG].scripts, session)
+        yield
+        await app[SCRIPTS].close()
+
+
+async def _script(request: web.Request) -> web.Response:
+    return await request.app[SCRIPTS].handle(request)
+
+
+def _browser_handler(
+    source: Source, cookie_vendors: Sequence[str]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await take(request)
@@ -175,6 +208,7 @@ def _browser_handler(source: Source) -> Callable[[web.Request], Awaitable[web.St
         received = time.time()
         config = request.app[CONFIG]
         hit: Hit | None = None
+        cookie_plan: cookies.CookiePlan | None = None
         outcome = Outcome.OK
         event_ids: list[str] = []
         names: list[str] = []
@@ -201,7 +235,9 @@ def _browser_handler(source: Source) -> Callable[[web.Request], Awaitable[web.St
                 referer=request.headers.get("Referer"),
                 gpc=request.headers.get("Sec-GPC", "").strip() == "1",
             )
-            outcome = await _ingest(request.app, source, hit, event_ids, names)
+            outcome, cookie_plan = await _ingest(
+                request.app, source, hit, event_ids, names, cookie_vendors
+            )
         request.app[METRICS].hits.labels(source.name, str(outcome)).inc()
         log.info(
             "hit",
@@ -211,22 +247,34 @@ def _browser_handler(source: Source) -> Callable[[web.Request], Awaitable[web.St
             event_names=names,
             latency_ms=round((time.time() - received) * 1000, 2),
         )
-        return source.answer(hit)
+        response = source.answer(hit)
+        if cookie_plan is not None:
+            cookie_plan.apply(response)
+        return response
 
     return handle
 
 
 async def _ingest(
-    app: web.Application, source: Source, hit: Hit, event_ids: list[str], names: list[str]
-) -> Outcome:
+    app: web.Application,
+    source: Source,
+    hit: Hit,
+    event_ids: list[str],
+    names: list[str],
+    cookie_vendors: Sequence[str],
+) -> tuple[Outcome, cookies.CookiePlan | None]:
     try:
         parsed = source.parse(hit)
     except Exception as exc:  # bad input never breaks a page
         log.warning("hit.malformed", source=source.name, error=type(exc).__name__)
-        return Outcome.MALFORMED
+        return Outcome.MALFORMED, None
     if not parsed.events:
-        return parsed.outcome
+        return parsed.outcome, None
     events = _with_request_signals(parsed.events, hit, app[CONFIG])
+    plan = None
+    settings = app[CONFIG].cookies
+    if settings is not None and cookie_vendors:
+        events, plan = _first_party_ids(app, events, hit, settings, cookie_vendors)
     event_ids.extend(e.event_id for e in events)
     names.extend(e.event_name for e in events)
     try:
@@ -235,10 +283,39 @@ async def _ingest(
         )
     except Exception as exc:
         log.error("hit.store_failed", source=source.name, error=type(exc).__name__)
-        return Outcome.STORE_ERROR
+        return Outcome.STORE_ERROR, plan
     if stored is None:
         log.warning("hit.store_slow", source=source.name, waited_s=BROWSER_STORE_WAIT_S)
-    return parsed.outcome
+    return parsed.outcome, plan
+
+
+def _first_party_ids(
+    app: web.Application,
+    events: Sequence[Event],
+    hit: Hit,
+    settings: Cookies,
+    vendors: Sequence[str],
+) -> tuple[Sequence[Event], cookies.CookiePlan]:
+    """Create or renew `_fbp`, `_fbc`, `_ttp`, `ttclid` once for this request, and put the same
+    values on every event of it. Nothing is set when consent denies ad_storage."""
+    first = app[PIPELINE].resolve_consent(events[0])
+    denied = first.consent.ad_storage is ConsentState.DENIED
+    page_url = events[0].event_source_url or hit.referer
+    plan = cookies.plan(
+        hit.cookies,
+        page_url,
+        settings,
+        int(hit.received_at * 1000),
+        denied,
+        _RNG,
+        vendors=vendors,
+    )
+    fields = plan.user_fields()
+    if not fields:
+        return events, plan
+    return [
+        dataclasses.replace(e, user=dataclasses.replace(e.user, **fields)) for e in events
+    ], plan
 
 
 def _with_request_signals(events: Sequence[Event], hit: Hit, config: Config) -> Sequence[Event]:

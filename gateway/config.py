@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from gateway import destinations, sources
 from gateway.rules.field_rules import Rule, parse_rules
+from gateway.scripts import parse_ttl
 from gateway.settings import DestinationSettings, SourceSettings, StrictModel
 
 ENV_VAR: Final = "TAG_GATEWAY_CONFIG"
@@ -72,6 +73,12 @@ class Script(StrictModel):
     upstream: str = Field(pattern=r"^https?://")
     ttl: str = "1h"
     rewrite: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: str) -> str:
+        parse_ttl(value)  # raises ValueError with the reason, reported under scripts[i].ttl
+        return value
 
 
 class ConsentSettings(StrictModel):

@@ -23,8 +23,9 @@ def configure(fmt: LogFormat = "json", level: int = logging.INFO) -> None:
         structlog.configure(
             processors=[*shared, structlog.dev.ConsoleRenderer(colors=False)],
             wrapper_class=structlog.make_filtering_bound_logger(level),
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-            cache_logger_on_first_use=True,
+            # Whatever stderr is when a line is written (not when logging was configured).
+            logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
+            cache_logger_on_first_use=False,
         )
         return
     structlog.configure(

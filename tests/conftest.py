@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -72,6 +73,13 @@ class FakePlatform:
             result = await result
         assert isinstance(result, web.StreamResponse)
         return result
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """A test that runs a CLI command configures logging; the next test starts from defaults."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
