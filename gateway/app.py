@@ -209,6 +209,7 @@ def _browser_handler(
         config = request.app[CONFIG]
         hit: Hit | None = None
         cookie_plan: cookies.CookiePlan | None = None
+        notes: dict[str, str] = {}
         outcome = Outcome.OK
         event_ids: list[str] = []
         names: list[str] = []
@@ -236,7 +237,7 @@ def _browser_handler(
                 gpc=request.headers.get("Sec-GPC", "").strip() == "1",
             )
             outcome, cookie_plan = await _ingest(
-                request.app, source, hit, event_ids, names, cookie_vendors
+                request.app, source, hit, event_ids, names, cookie_vendors, notes
             )
         request.app[METRICS].hits.labels(source.name, str(outcome)).inc()
         log.info(
@@ -245,6 +246,7 @@ def _browser_handler(
             outcome=str(outcome),
             event_ids=event_ids,
             event_names=names,
+            notes=notes,
             latency_ms=round((time.time() - received) * 1000, 2),
         )
         response = source.answer(hit)
@@ -262,12 +264,16 @@ async def _ingest(
     event_ids: list[str],
     names: list[str],
     cookie_vendors: Sequence[str],
+    notes: dict[str, str],
 ) -> tuple[Outcome, cookies.CookiePlan | None]:
     try:
         parsed = source.parse(hit)
     except Exception as exc:  # bad input never breaks a page
         log.warning("hit.malformed", source=source.name, error=type(exc).__name__)
         return Outcome.MALFORMED, None
+    notes.update(parsed.notes)
+    if parsed.reason:
+        notes["reason"] = parsed.reason
     if not parsed.events:
         return parsed.outcome, None
     events = _with_request_signals(parsed.events, hit, app[CONFIG])

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
-import orjson
 import structlog
 
 from gateway.destinations.base import Answer, Destination, Item, OutRequest, Result, Verdict
@@ -23,6 +22,8 @@ from gateway.store import Claimed, Finished, Status, Store
 
 log = structlog.get_logger("gateway.delivery")
 
+IN_FLIGHT = 2
+"""Batches one destination may have on the wire at once."""
 IDLE_RECHECK_S = 1.0
 """How often an idle worker looks for retries that fell due (a new row wakes it at once)."""
 
@@ -144,26 +145,53 @@ class Worker:
     async def _run(self) -> None:
         settings = self.destination.settings
         lease_s = max(60.0, settings.timeout_ms / 1000 * 4)
-        while not self._stopping:
-            try:
-                self._wake.clear()
-                claimed = await self.store.claim(
-                    self.destination.name, self.destination.batch_size, lease_s
-                )
-                if claimed:
-                    await self.deliver(claimed)
-                    continue
-                await self._idle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a worker must outlive any one bad batch
-                log.error(
-                    "delivery.worker_error",
-                    destination=self.destination.name,
-                    error=type(exc).__name__,
-                    detail=str(exc)[:200],
-                )
-                await asyncio.sleep(IDLE_RECHECK_S)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                try:
+                    self._wake.clear()
+                    if len(in_flight) >= IN_FLIGHT:
+                        # Both slots busy: the next claim waits for one to free up.
+                        await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    claimed = await self.store.claim(
+                        self.destination.name, self.destination.batch_size, lease_s
+                    )
+                    if claimed:
+                        # The next batch is claimed and built while this one is on the wire.
+                        task = asyncio.create_task(self._deliver_logged(claimed))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                        continue
+                    if in_flight:
+                        await asyncio.wait(
+                            in_flight, timeout=IDLE_RECHECK_S, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        continue
+                    await self._idle()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a worker must outlive any one bad batch
+                    self._log_error(exc)
+                    await asyncio.sleep(IDLE_RECHECK_S)
+        finally:
+            if in_flight:
+                # Stopping: batches on the wire finish (stop() bounds how long we wait).
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _deliver_logged(self, claimed: Sequence[Claimed]) -> None:
+        try:
+            await self.deliver(claimed)
+        except Exception as exc:  # the lease runs out and the rows come back: nothing lost
+            self._log_error(exc)
+
+    def _log_error(self, exc: Exception) -> None:
+        log.error(
+            "delivery.worker_error",
+            destination=self.destination.name,
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
+        )
 
     async def _idle(self) -> None:
         due = await self.store.next_due(self.destination.name)
@@ -193,7 +221,7 @@ class Worker:
             elif row.payload is None:
                 finished.append(self._final(row, Status.DEAD, "payload missing", now))
             else:
-                items.append(Item(row.id, orjson.loads(row.payload)))
+                items.append(Item(row.id, raw=row.payload))
         verdicts: list[_Verdicts] = []
         for request in dest.build_requests(items) if items else []:
             verdicts.extend(await self._send(request))

@@ -26,7 +26,10 @@ _TABLE: Final[dict[str, tuple[str, str, str]]] = {
 _COLUMN: Final = {"meta": 0, "ga4": 1, "tiktok": 2}
 
 # TikTok renamed these on 1 May 2025; the old names still arrive from older pages.
-_LEGACY_INBOUND: Final = {"tiktok": {"CompletePayment": "purchase", "SubmitForm": "lead"}}
+# The no-script image sends `PageView` where ttq.page() sends `Pageview`.
+_LEGACY_INBOUND: Final = {
+    "tiktok": {"CompletePayment": "purchase", "SubmitForm": "lead", "PageView": "page_view"}
+}
 
 _OUTBOUND: Final = {
     vendor: {canonical: names[col] for canonical, names in _TABLE.items()}

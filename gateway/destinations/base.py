@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
+import orjson
+
 from gateway.event import JSON, Event
 from gateway.settings import DestinationSettings
 
@@ -34,12 +36,36 @@ class Rejected:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
 class Item:
-    """One queued delivery handed to a destination: its row id and stored payload."""
+    """One queued delivery handed to a destination: its row id and stored payload.
 
-    delivery_id: int
-    payload: JSON
+    The payload is kept as the stored JSON bytes and decoded only if a destination reads it:
+    Meta and TikTok splice the bytes straight into their request bodies.
+    """
+
+    __slots__ = ("_payload", "_raw", "delivery_id")
+
+    def __init__(self, delivery_id: int, payload: JSON = None, raw: bytes | None = None) -> None:
+        self.delivery_id = delivery_id
+        self._payload = payload
+        self._raw = raw
+
+    @property
+    def payload(self) -> JSON:
+        """The payload as JSON values."""
+        if self._payload is None and self._raw is not None:
+            self._payload = orjson.loads(self._raw)
+        return self._payload
+
+    @property
+    def raw(self) -> bytes:
+        """The payload as JSON bytes."""
+        if self._raw is None:
+            self._raw = orjson.dumps(self._payload)
+        return self._raw
+
+    def __repr__(self) -> str:
+        return f"Item({self.delivery_id})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 from gateway.event import Content
 
+MAX_DIGITS: Final = 15
+"""Integer digits a number may have (a quadrillion): larger is garbage, not a value or count.
+Past it `1e1000000` would make `abs()` raise and take minutes to become an int."""
+
 
 def decimal_or_none(raw: object) -> Decimal | None:
-    """A finite decimal from a number or a numeric string, else None."""
+    """A finite decimal of at most MAX_DIGITS integer digits, from a number or numeric text."""
     if raw is None or isinstance(raw, bool):
         return None
     if isinstance(raw, float) and not math.isfinite(raw):
@@ -23,15 +27,15 @@ def decimal_or_none(raw: object) -> Decimal | None:
         value = Decimal(str(raw).strip())
     except (InvalidOperation, ValueError):
         return None
-    return value if value.is_finite() else None
+    if not value.is_finite() or value.adjusted() >= MAX_DIGITS:
+        return None
+    return value
 
 
 def int_or_none(raw: object) -> int | None:
     """An integer from a number or a numeric string (decimals truncated), else None."""
     value = decimal_or_none(raw)
-    if value is None or abs(value) > 2**63:
-        return None
-    return int(value)
+    return None if value is None else int(value)
 
 
 def text_or_none(raw: object, limit: int = 2048) -> str | None:

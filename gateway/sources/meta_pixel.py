@@ -116,6 +116,15 @@ def _fbc_from_click(url: str | None, received_ms: int) -> str | None:
     return f"fb.1.{received_ms}.{fbclid}" if fbclid else None
 
 
+def _event_time(ts_ms: int | None, received_at: float) -> int:
+    """`ts` in seconds; receive time when absent or ahead of our clock by over 5 minutes (a
+    browser clock running fast: Meta refuses events from the future). An old `ts` is kept: the
+    delivery worker never sends what is past the platform's age limit."""
+    if not ts_ms or ts_ms <= 0 or ts_ms // 1000 > received_at + 300:
+        return int(received_at)
+    return ts_ms // 1000
+
+
 class MetaPixel(Source):
     """`GET|POST /tr` and `/tr/`."""
 
@@ -161,7 +170,7 @@ class MetaPixel(Source):
         event = Event(
             event_id=event_id or new_event_id(),
             event_name=names.to_canonical("meta", ev),
-            event_time=ts // 1000 if ts and ts > 0 else int(hit.received_at),
+            event_time=_event_time(ts, hit.received_at),
             source=self.name,
             action_source="website",
             event_source_url=page_url,
