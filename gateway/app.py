@@ -447,7 +447,7 @@ async def _readyz(request: web.Request) -> web.Response:
     if store is None:
         return web.json_response({"status": "starting"}, status=503)
     try:
-        await store.write(_probe)
+        await store.ping()
     except Exception as exc:
         return web.json_response({"status": "storage", "error": type(exc).__name__}, status=503)
     stats = await _queues(app)
@@ -464,10 +464,6 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ready", "config": app[CONFIG].origin, "destinations": destinations}
     )
-
-
-async def _probe(conn: object) -> None:
-    return None
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -598,6 +598,10 @@ class Store:
         async with self.reader.execute(sql, (since, until)) as cur:
             return [tuple(row) for row in await cur.fetchall()]
 
+    async def ping(self) -> None:
+        """A write transaction that changes nothing: storage takes writes (for /readyz)."""
+        await self.write(_nothing)
+
     @property
     def commits(self) -> int:
         """Transactions committed since open (for tests and metrics)."""
@@ -666,3 +670,7 @@ async def _settle(awaitable: Awaitable[Any]) -> Any:
         return await awaitable
     except Exception as exc:
         return _Failure(exc)
+
+
+async def _nothing(conn: aiosqlite.Connection) -> None:
+    return None
