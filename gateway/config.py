@@ -26,6 +26,11 @@ from gateway.settings import DestinationSettings, SourceSettings, StrictModel
 ENV_VAR: Final = "TAG_GATEWAY_CONFIG"
 EMBEDDED: Final = "embedded default"
 _PLACEHOLDER: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `api_keys: [${KEY}]` (the contract's own example) is not valid YAML as written: `{` opens a
+# flow mapping inside the list. So before parsing, each ${NAME} becomes a plain-scalar token,
+# and after parsing the token is replaced in the strings it ended up in. Values never pass
+# through the YAML parser, so a secret with `: ` or `#` in it cannot change the structure.
+_TOKEN: Final = re.compile(r"tgenv__([A-Za-z_][A-Za-z0-9_]*)__tgend")
 
 M = TypeVar("M", bound=BaseModel)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,7 +114,6 @@ class _Document(StrictModel):
     allowed_origins: tuple[str, ...] = ()
     admin: Admin | None = None
     consent: ConsentSettings = ConsentSettings()
-    rules: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,7 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
 def parse(text: str, origin: str, env: Mapping[str, str] | None = None) -> Config:
     """Validate YAML text into a Config."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.safe_load(_PLACEHOLDER.sub(r"tgenv__\1__tgend", text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -172,16 +176,15 @@ def parse(text: str, origin: str, env: Mapping[str, str] | None = None) -> Confi
     problems: list[str] = []
     document = _substitute(document, os.environ if env is None else env, "", problems)
     # Destinations and sources are validated apart, so one bad key elsewhere hides nothing.
+    rules_raw = _rule_list(document.pop("rules", None), problems)
     dests_raw = _mapping(document.pop("destinations", None), "destinations", problems)
     dests = _destinations(dests_raw, problems)
     srcs = _sources(_mapping(document.pop("sources", None), "sources", problems), problems)
     raw = _validate(_Document, document, "", problems)
     proxies = _networks(raw.trusted_proxies if raw else (), problems)
     _cross_check(dests_raw.keys(), srcs, problems)
-    rules: tuple[Rule, ...] = ()
-    if raw is not None:
-        rules, rule_problems = parse_rules(raw.rules, dests_raw.keys())
-        problems.extend(rule_problems)
+    rules, rule_problems = parse_rules(rules_raw, dests_raw.keys())
+    problems.extend(rule_problems)
     if problems or raw is None:
         raise ConfigError(problems)
     secrets = [s.get_secret_value() for d in dests.values() for s in d.secrets()]
@@ -215,12 +218,27 @@ def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str
                 return ""
             return env[name]
 
-        return _PLACEHOLDER.sub(replace, node)
+        return _TOKEN.sub(replace, node)
     if isinstance(node, dict):
         return {k: _substitute(v, env, _join(path, str(k)), problems) for k, v in node.items()}
     if isinstance(node, list):
         return [_substitute(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
     return node
+
+
+def _rule_list(node: object, problems: list[str]) -> list[dict[str, Any]]:
+    if node is None:
+        return []
+    if not isinstance(node, list):
+        problems.append("rules: must be a list")
+        return []
+    out = []
+    for i, rule in enumerate(node):
+        if isinstance(rule, dict):
+            out.append(rule)
+        else:
+            problems.append(f"rules[{i}]: must be a mapping")
+    return out
 
 
 def _mapping(node: object, path: str, problems: list[str]) -> dict[str, Any]:

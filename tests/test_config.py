@@ -1,0 +1,81 @@
+"""Configs: the shipped examples validate, every problem names its key path, no secret leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import cli, config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+ENV = {
+    "META_CAPI_TOKEN": "meta-secret-1",
+    "GA4_API_SECRET": "ga4-secret-2",
+    "TIKTOK_TOKEN": "tiktok-secret-3",
+    "GATEWAY_API_KEY": "api-secret-4",
+    "ADMIN_TOKEN": "admin-secret-5",
+}
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "eu.yaml", "us.yaml", "default.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    cfg = config.parse((CONFIG_DIR / name).read_text(), name, ENV)
+    assert cfg.destinations
+    assert cfg.sources
+
+
+def test_the_embedded_default_is_config_default_yaml() -> None:
+    assert config.embedded_text() == (CONFIG_DIR / "default.yaml").read_text()
+
+
+def test_check_prints_a_summary_without_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["check", "--config", str(CONFIG_DIR / "example.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "meta: meta_capi pixel 1234567890" in out
+    assert "ga4: /g/collect -> ga4_forward, meta, tiktok, audit" in out
+    for secret in ENV.values():
+        assert secret not in out
+
+
+def test_every_problem_is_one_line_with_its_key_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        """
+listen: {port: 0}
+destinations:
+  meta: {type: meta_capi, access_token: "${NOT_SET}"}
+  tt: {type: tiktok_events, pixel_code: C1, access_token: x, endpont: http://x}
+  x: {type: nope}
+sources:
+  meta_pixel: {send_to: [meta, missing]}
+rules:
+  - drop_events: {user_agent_matches: "(unclosed"}
+"""
+    )
+    assert cli.main(["check", "--config", str(bad)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "destinations.meta.pixel_id: required" in lines
+    assert "destinations.meta.access_token: environment variable NOT_SET is not set" in lines
+    assert "destinations.tt.endpont: unknown key" in lines
+    assert any(line.startswith("destinations.x.type: unknown type 'nope'") for line in lines)
+    assert "sources.meta_pixel.send_to[1]: unknown destination 'missing'" in lines
+    assert any(line.startswith("listen.port:") for line in lines)
+    assert any(line.startswith("rules[0].drop_events.user_agent_matches:") for line in lines)
+
+
+def test_a_secret_in_an_invalid_value_is_not_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        'destinations: {m: {type: meta_capi, pixel_id: "sekrit-token", access_token: t}}'
+    )
+    assert cli.main(["check", "--config", str(bad)]) == 1
+    assert "sekrit-token" not in capsys.readouterr().out
