@@ -184,6 +184,13 @@ class Event:
     raw: RawHit | None = None
 
 
+def json_number(value: Decimal | None) -> int | float | None:
+    """A decimal as the JSON number platforms expect (an int when it is whole)."""
+    if value is None:
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
 def new_event_id() -> str:
     """An event ID for a hit that came without one: random, URL-safe, never reused."""
     return "tg-" + secrets.token_urlsafe(16)

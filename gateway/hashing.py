@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
@@ -40,6 +40,18 @@ def already_hashed(value: str) -> str | None:
     if is_sha256_hex(value):
         return value.lower()
     return b64url_digest_to_hex(value)
+
+
+def hash_fields(
+    fields: Mapping[str, tuple[str | None, Callable[[str], str | None]]],
+) -> dict[str, str]:
+    """`{key: (value, normalize)}` to `{key: hash}`, leaving out what is empty or unusable."""
+    out: dict[str, str] = {}
+    for key, (value, normalize) in fields.items():
+        hashed = hash_normalized(value, normalize)
+        if hashed:
+            out[key] = hashed
+    return out
 
 
 def hash_normalized(value: str | None, normalize: Callable[[str], str | None]) -> str | None:

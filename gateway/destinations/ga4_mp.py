@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -29,7 +28,7 @@ from gateway.destinations.base import (
     Verdict,
     classify_by_status,
 )
-from gateway.event import JSON, ConsentState, Event, User
+from gateway.event import JSON, ConsentState, Event, User, json_number
 from gateway.hashing import already_hashed, hash_normalized, sha256_hex
 from gateway.settings import DestinationSettings
 
@@ -182,12 +181,6 @@ def client_id_for(event: Event) -> str:
 # --- parameters (platforms.md §2.2, §4.3) ----------------------------------------------------
 
 
-def _number(value: Decimal | None) -> float | int | None:
-    if value is None:
-        return None
-    return int(value) if value == value.to_integral_value() else float(value)
-
-
 def _valid_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None and not name.startswith(_RESERVED_PREFIXES)
 
@@ -224,7 +217,7 @@ def _items(event: Event) -> list[dict[str, JSON]]:
                 for k, v in (
                     ("item_id", c.id),
                     ("item_name", c.name),
-                    ("price", _number(c.item_price)),
+                    ("price", json_number(c.item_price)),
                     ("quantity", c.quantity),
                     ("item_brand", c.brand),
                     ("item_category", c.category),
@@ -286,7 +279,7 @@ def event_params(event: Event) -> dict[str, JSON]:
         "page_referrer": event.referrer,
         "page_title": custom.page_title,
         "currency": custom.currency.upper() if custom.currency else None,
-        "value": _number(custom.value),
+        "value": json_number(custom.value),
         # An empty transaction_id makes GA4 deduplicate every such purchase together: omit it.
         "transaction_id": custom.order_id or None,
         "items": _items(event) or None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from typing import Any, Final, Literal
 
 import orjson
@@ -24,8 +23,8 @@ from gateway.destinations.base import (
     Verdict,
     classify_by_status,
 )
-from gateway.event import JSON, Event, User
-from gateway.hashing import hash_normalized
+from gateway.event import JSON, Event, User, json_number
+from gateway.hashing import hash_fields
 from gateway.settings import DestinationSettings, StrictModel
 
 DEFAULT_ENDPOINT: Final = "https://graph.facebook.com"
@@ -116,11 +115,7 @@ def meta_user_data(user: User) -> dict[str, str]:
         "country": (user.country, pii.country_code),
         "external_id": (user.external_id, _lower),
     }
-    out: dict[str, str] = {}
-    for key, (value, normalize) in rules.items():
-        hashed = hash_normalized(value, normalize)
-        if hashed:
-            out[key] = hashed
+    out = hash_fields(rules)
     clear = {
         "client_ip_address": user.client_ip,
         "client_user_agent": user.user_agent,
@@ -129,12 +124,6 @@ def meta_user_data(user: User) -> dict[str, str]:
     }
     out.update({k: v for k, v in clear.items() if v})
     return out
-
-
-def _number(value: Decimal | None) -> float | int | None:
-    if value is None:
-        return None
-    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def meta_custom_data(event: Event) -> dict[str, JSON]:
@@ -147,7 +136,7 @@ def meta_custom_data(event: Event) -> dict[str, JSON]:
             for k, v in (
                 ("id", c.id),
                 ("quantity", c.quantity),
-                ("item_price", _number(c.item_price)),
+                ("item_price", json_number(c.item_price)),
             )
             if v is not None
         }
@@ -155,7 +144,7 @@ def meta_custom_data(event: Event) -> dict[str, JSON]:
     ]
     content_ids = list(custom.content_ids) or [c.id for c in custom.contents]
     fields: dict[str, JSON] = {
-        "value": _number(custom.value),
+        "value": json_number(custom.value),
         "currency": custom.currency.upper() if custom.currency else None,
         "order_id": custom.order_id,
         "contents": contents or None,

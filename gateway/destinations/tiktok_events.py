@@ -7,7 +7,6 @@ own `code` in the body, and one bad event fails the whole batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from typing import Final, Literal
 
 import orjson
@@ -24,8 +23,8 @@ from gateway.destinations.base import (
     Verdict,
     classify_by_status,
 )
-from gateway.event import JSON, Event, User
-from gateway.hashing import hash_normalized
+from gateway.event import JSON, Event, User, json_number
+from gateway.hashing import hash_fields
 from gateway.settings import DestinationSettings
 
 DEFAULT_ENDPOINT: Final = "https://business-api.tiktok.com"
@@ -75,11 +74,7 @@ def tiktok_user(user: User) -> dict[str, str]:
         "last_name": (user.last_name, tiktok_lower),
         "zip_code": (user.zip, tiktok_lower),
     }
-    out: dict[str, str] = {}
-    for key, (value, normalize) in rules.items():
-        hashed = hash_normalized(value, normalize)
-        if hashed:
-            out[key] = hashed
+    out = hash_fields(rules)
     clear = {
         "ttp": user.ttp,
         "ttclid": user.ttclid,
@@ -88,12 +83,6 @@ def tiktok_user(user: User) -> dict[str, str]:
     }
     out.update({k: v for k, v in clear.items() if v})
     return out
-
-
-def _number(value: Decimal | None) -> float | int | None:
-    if value is None:
-        return None
-    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def tiktok_properties(event: Event) -> dict[str, JSON]:
@@ -105,7 +94,7 @@ def tiktok_properties(event: Event) -> dict[str, JSON]:
             for k, v in (
                 ("content_id", c.id),
                 ("content_name", c.name),
-                ("price", _number(c.item_price)),
+                ("price", json_number(c.item_price)),
                 ("quantity", c.quantity),
                 ("brand", c.brand),
                 ("content_category", c.category),
@@ -116,7 +105,7 @@ def tiktok_properties(event: Event) -> dict[str, JSON]:
     ] or [{"content_id": i} for i in custom.content_ids]
     fields: dict[str, JSON] = {
         "currency": custom.currency.upper() if custom.currency else None,
-        "value": _number(custom.value),
+        "value": json_number(custom.value),
         "content_type": custom.content_type,
         "contents": contents or None,
         "query": custom.search_string,
