@@ -28,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.scripts import ScriptProxy
 from gateway.sources.base import Hit, Outcome, Source
+from gateway.sources.coerce import known_currency
 from gateway.sources.server import BodyError, ServerSource, authorized, parse_body
 from gateway.store import Store
 
@@ -277,6 +278,16 @@ async def _ingest(
     if not parsed.events:
         return parsed.outcome, None
     events = _with_request_signals(parsed.events, hit, app[CONFIG])
+    for event in events:
+        custom = event.custom
+        if custom.value is not None and not known_currency(custom.currency):
+            # Contract §5: an error on the server API, a logged warning on a browser hit.
+            log.warning(
+                "hit.value_without_currency",
+                source=source.name,
+                event_id=event.event_id,
+                currency=(custom.currency or "")[:8] or None,
+            )
     plan = None
     settings = app[CONFIG].cookies
     if settings is not None and cookie_vendors:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+import pycountry
 
 from gateway.event import Content
 
@@ -30,6 +32,16 @@ def decimal_or_none(raw: object) -> Decimal | None:
     if not value.is_finite() or value.adjusted() >= MAX_DIGITS:
         return None
     return value
+
+
+@lru_cache(maxsize=256)
+def known_currency(code: str | None) -> bool:
+    """True for an ISO 4217 code (any case)."""
+    return (
+        bool(code)
+        and len(code or "") == 3
+        and pycountry.currencies.get(alpha_3=(code or "").upper()) is not None
+    )
 
 
 def int_or_none(raw: object) -> int | None:

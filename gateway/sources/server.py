@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any, ClassVar, Final
 
 import orjson
-import pycountry
 from pydantic import Field, SecretStr
 
 from gateway.event import (
@@ -28,7 +27,7 @@ from gateway.event import (
     User,
 )
 from gateway.settings import SourceSettings
-from gateway.sources.coerce import decimal_or_none, int_or_none
+from gateway.sources.coerce import decimal_or_none, int_or_none, known_currency
 
 MAX_EVENTS: Final = 1000
 MAX_AGE_S: Final = 7 * 24 * 3600
@@ -155,7 +154,7 @@ def _currency(raw: object) -> str | None:
     code = _text(raw, "custom.currency", limit=8)
     if code is None:
         return None
-    if len(code) != 3 or pycountry.currencies.get(alpha_3=code.upper()) is None:
+    if not known_currency(code):
         raise EventError(f"custom.currency: unknown currency '{code}'")
     return code.upper()
 

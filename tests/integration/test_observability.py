@@ -105,3 +105,18 @@ async def test_metrics_and_readyz(
     assert 'tag_gateway_queue_depth{destination="meta"} 3.0' in text
     assert "tag_gateway_delivery_latency_seconds_bucket" in text
     assert (await gw.client.get("/healthz")).status == 200
+
+
+async def test_a_browser_value_without_currency_is_a_logged_warning(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        gw = await start_gateway(make_config(config(fake_platform.url)))
+        for eid, extra in (("v-1", "&cd[value]=10"), ("v-2", "&cd[value]=10&cd[currency]=EUR")):
+            response = await gw.client.get(
+                f"/tr?id=1&ev=Purchase&eid={eid}&dl=https%3A%2F%2Fs.example%2F{extra}",
+                headers={"User-Agent": "UA"},
+            )
+            assert response.status == 200
+    warned = [line["event_id"] for line in logs if line["event"] == "hit.value_without_currency"]
+    assert warned == ["v-1"]
