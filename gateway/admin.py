@@ -19,7 +19,8 @@ from aiohttp import web
 
 from gateway import report
 from gateway.pipeline import MATCH_KEYS
-from gateway.store import DeliveryQuery, DeliveryRow, Store
+from gateway.storage import Storage
+from gateway.store import DeliveryQuery, DeliveryRow
 from gateway.times import iso
 
 STATUS_COLOURS: Final = {
@@ -49,7 +50,7 @@ def authorized(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-async def page(store: Store, now: float | None = None) -> str:
+async def page(store: Storage, now: float | None = None) -> str:
     """The admin page for the last 24 hours, compared with the 24 hours before."""
     until = time.time() if now is None else now
     window = report.Window(until - 86400, until)

@@ -30,7 +30,7 @@ from gateway.scripts import ScriptProxy
 from gateway.sources.base import Hit, Outcome, Source
 from gateway.sources.coerce import known_currency
 from gateway.sources.server import BodyError, ServerSource, authorized, parse_body
-from gateway.store import Store
+from gateway.storage import Storage, open_storage
 
 log = structlog.get_logger("gateway.app")
 
@@ -44,7 +44,7 @@ class QueueCache:
 
 
 CONFIG: Final = web.AppKey("config", Config)
-STORE: Final = web.AppKey("store", Store)
+STORE: Final = web.AppKey("store", Storage)
 PIPELINE: Final = web.AppKey("pipeline", Pipeline)
 METRICS: Final = web.AppKey("metrics", Metrics)
 WORKERS: Final = web.AppKey("workers", dict[str, Worker])
@@ -119,7 +119,7 @@ async def _never_a_500(
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = app[CONFIG].storage
-    store = await Store.open(storage.path, storage.synchronous)
+    store = await open_storage(storage.path, storage.url, storage.synchronous)
     released = await store.release_leases()
     if released:
         log.info("store.recovered_in_flight", deliveries=released)

@@ -107,7 +107,7 @@ def check(path: str | None) -> int:
     from gateway import sources
 
     print(f"config: {located or config_module.EMBEDDED}")
-    print(f"listen: {cfg.listen.host}:{cfg.listen.port}   storage: {cfg.storage.path}")
+    print(f"listen: {cfg.listen.host}:{cfg.listen.port}   storage: {_storage_label(cfg)}")
     print("destinations:")
     for name, dest in app_module.build_destinations(cfg).items():
         extra = []
@@ -148,11 +148,12 @@ def _query(args: argparse.Namespace, statuses: Sequence[str], limit: int) -> obj
 
 
 async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
-    from gateway.store import DeliveryQuery, Store
+    from gateway.storage import open_storage
+    from gateway.store import DeliveryQuery
 
     query = _query(args, args.status, max(1, args.limit))
     assert isinstance(query, DeliveryQuery)
-    store = await Store.open(cfg.storage.path)
+    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
     try:
         rows = await store.deliveries(query)
     finally:
@@ -198,11 +199,12 @@ async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
 async def _replay(cfg: Config, args: argparse.Namespace) -> int:
     import structlog
 
-    from gateway.store import DeliveryQuery, Store
+    from gateway.storage import open_storage
+    from gateway.store import DeliveryQuery
 
     query = _query(args, args.status or ["dead"], 0)
     assert isinstance(query, DeliveryQuery)
-    store = await Store.open(cfg.storage.path)
+    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
     try:
         count = await store.requeue(query)
     finally:
@@ -238,12 +240,12 @@ def _window(args: argparse.Namespace) -> tuple[object, object]:
 
 async def _report(cfg: Config, args: argparse.Namespace) -> int:
     from gateway import report
-    from gateway.store import Store
+    from gateway.storage import open_storage
 
     window, compare = _window(args)
     assert isinstance(window, report.Window)
     assert compare is None or isinstance(compare, report.Window)
-    store = await Store.open(cfg.storage.path)
+    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
     try:
         built = await report.build(store, window, compare)
     finally:
@@ -255,3 +257,16 @@ async def _report(cfg: Config, args: argparse.Namespace) -> int:
             print(f"dropped more than {args.fail_on_drop:g}%: {drop}", file=sys.stderr)
         return 1 if drops else 0
     return 0
+
+
+def _storage_label(cfg: Config) -> str:
+    """Where events are kept, without a password."""
+    if not cfg.storage.url:
+        return cfg.storage.path
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(cfg.storage.url)
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -56,6 +57,8 @@ class Storage(StrictModel):
     """The SQLite file of the outbox and the delivery log."""
 
     path: str = "./tag-gateway.sqlite3"
+    url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+    """PostgreSQL instead of the SQLite file, for several replicas sharing one truth."""
     # At least 2: deduplication looks back 48 hours through the delivery log.
     retention_days: int = Field(default=30, ge=2, le=3650)
     synchronous: Literal["full", "normal"] = "full"
@@ -191,6 +194,8 @@ def parse(text: str, origin: str, env: Mapping[str, str] | None = None) -> Confi
     secrets += [s.get_secret_value() for src in srcs.values() for s in _source_secrets(src)]
     if raw.admin:
         secrets.append(raw.admin.token.get_secret_value())
+    if raw.storage.url:
+        secrets.append(urlsplit(raw.storage.url).password or "")
     return Config(
         listen=raw.listen,
         trusted_proxies=proxies,

@@ -18,7 +18,8 @@ import structlog
 
 from gateway.destinations.base import Answer, Destination, Item, OutRequest, Result, Verdict
 from gateway.metrics import Metrics
-from gateway.store import Claimed, Finished, Status, Store
+from gateway.storage import Storage
+from gateway.store import Claimed, Finished, Status
 
 log = structlog.get_logger("gateway.delivery")
 
@@ -108,7 +109,7 @@ class Worker:
     def __init__(
         self,
         destination: Destination,
-        store: Store,
+        store: Storage,
         session: aiohttp.ClientSession,
         metrics: Metrics | None = None,
     ) -> None:
@@ -144,7 +145,9 @@ class Worker:
 
     async def _run(self) -> None:
         settings = self.destination.settings
-        lease_s = max(60.0, settings.timeout_ms / 1000 * 4)
+        # Long enough for a batch split down to its bad event; on PostgreSQL, also how long a
+        # crashed replica's batch waits before another replica may take it over.
+        lease_s = max(10.0, settings.timeout_ms / 1000 * 4)
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not self._stopping:

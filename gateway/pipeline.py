@@ -20,7 +20,8 @@ from gateway.destinations.base import Destination, Rejected
 from gateway.event import PURPOSES, Consent, Event
 from gateway.metrics import Metrics
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
-from gateway.store import Added, NewDelivery, NewEvent, Status, Store
+from gateway.storage import Storage
+from gateway.store import Added, NewDelivery, NewEvent, Status
 
 # Match keys counted by the report (contract §8), one bit each.
 MATCH_KEYS: Final = ("email", "phone", "external_id", "fbp", "fbc", "ip_ua")
@@ -45,7 +46,7 @@ class Pipeline:
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         destinations: Mapping[str, Destination],
         consent: ConsentSettings | None = None,
         rules: Sequence[Rule] = (),

@@ -13,7 +13,7 @@ from typing import Any, Final, TextIO
 import orjson
 
 from gateway.pipeline import MATCH_KEYS
-from gateway.store import Store
+from gateway.storage import Storage
 from gateway.times import iso
 
 COUNTS: Final = ("in", "sent", "duplicates", "dropped_consent", "dropped_rule", "dead", "pending")
@@ -109,7 +109,7 @@ def _fell(before: float, after: float, pct: float) -> bool:
     return (before - after) / before * 100 > pct
 
 
-async def _figures(store: Store, window: Window) -> dict[tuple[str, str], Figures]:
+async def _figures(store: Storage, window: Window) -> dict[tuple[str, str], Figures]:
     out: dict[tuple[str, str], Figures] = {}
     for row in await store.window(window.since, window.until):
         figures = Figures()
@@ -123,7 +123,7 @@ async def _figures(store: Store, window: Window) -> dict[tuple[str, str], Figure
     return out
 
 
-async def build(store: Store, window: Window, compare: Window | None = None) -> Report:
+async def build(store: Storage, window: Window, compare: Window | None = None) -> Report:
     """Read both windows from the store."""
     other = compare or window.before()
     now, then = await _figures(store, window), await _figures(store, other)

@@ -30,7 +30,7 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
         host=bind_host,
         port=bind_port,
         config=config.origin,
-        storage=config.storage.path,
+        storage="postgresql" if config.storage.url else config.storage.path,
         destinations=sorted(config.destinations),
         sources=sorted(config.sources),
     )

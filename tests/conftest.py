@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 import structlog
@@ -185,3 +192,73 @@ def chromium() -> str:
     if os.environ.get("TAG_GATEWAY_REQUIRE_BROWSER") == "1":
         pytest.fail(f"{CHROMIUM} is required (apt-get install chromium)")
     pytest.skip(f"{CHROMIUM} not installed")
+
+
+# --- PostgreSQL (storage.url) -------------------------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(args: list[str]) -> None:
+    # Root may not run PostgreSQL: as root, run its tools as the postgres OS user.
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A PostgreSQL server URL (to its `postgres` database) for the whole session."""
+    if url := os.environ.get("TAG_GATEWAY_PG_URL"):
+        yield url
+        return
+    if not (PG_BIN / "initdb").exists():
+        if os.environ.get("TAG_GATEWAY_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{PG_BIN} is required (apt-get install postgresql)")
+        pytest.skip(f"{PG_BIN} not installed")
+    root = Path(tempfile.mkdtemp(prefix="tag-gateway-pg-"))
+    data, sockets, port = root / "data", root / "sockets", free_port()
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+    # trust: a local, throwaway cluster. fsync off: these tests are about concurrency, not
+    # power cuts, and it makes every commit cheap.
+    _run(
+        [
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(data),
+            "--username=postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]
+    )
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-w"]
+    _run([*pg_ctl, "-l", str(root / "log"), "-o", options, "start"])
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        _run([*pg_ctl, "-m", "fast", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def pg_url(pg_server: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped after it."""
+    name = f"tag_gateway_test_{secrets.token_hex(6)}"
+    server = await asyncpg.connect(pg_server)
+    try:
+        await server.execute(f'CREATE DATABASE "{name}"')
+        yield urlsplit(pg_server)._replace(path=f"/{name}").geturl()
+        await server.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await server.close()
