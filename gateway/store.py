@@ -407,18 +407,23 @@ class Store:
         for start in range(0, len(keys), _KEYS_PER_QUERY):
             chunk = keys[start : start + _KEYS_PER_QUERY]
             values = ",".join("(?, ?, ?)" for _ in chunk)
-            params: list[Any] = [cutoff]
+            params: list[Any] = []
             for key in chunk:
                 params.extend(key)
+            params.append(cutoff)
+            # One index search per key. (A row-value `IN (VALUES ...)` made SQLite scan the
+            # whole index: 1,000,000 rows in the log cut hits/s from ~900 to ~100.)
             sql = (
-                "SELECT destination, event_name, event_id, MIN(id) FROM deliveries"
-                f" WHERE created_at > ? AND status IN ({blocking})"
-                f" AND (destination, event_name, event_id) IN (VALUES {values})"
-                " GROUP BY destination, event_name, event_id"
+                f"WITH k(destination, event_name, event_id) AS (VALUES {values})"
+                " SELECT k.destination, k.event_name, k.event_id,"
+                " (SELECT MIN(d.id) FROM deliveries d WHERE d.destination = k.destination"
+                " AND d.event_name = k.event_name AND d.event_id = k.event_id"
+                f" AND d.created_at > ? AND d.status IN ({blocking})) FROM k"
             )
             async with self._conn.execute(sql, params) as cur:
                 async for dest, name, event_id, first in cur:
-                    found[(dest, name, event_id)] = first
+                    if first is not None:
+                        found[(dest, name, event_id)] = first
         return found
 
     async def claim(
