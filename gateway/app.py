@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import admin, cookies
 from gateway import destinations as destination_types
@@ -70,11 +71,12 @@ def build_destinations(config: Config) -> dict[str, Destination]:
 
 def create_app(config: Config) -> web.Application:
     """The gateway as an aiohttp application (the same factory serves tests and `serve`)."""
-    # CORS outermost, so even a 503 from the safety net carries the shop's CORS headers.
-    app = web.Application(
-        client_max_size=config.listen.max_body_bytes,
-        middlewares=[cors_middleware(config.allowed_origins), _never_a_500],
-    )
+    # CORS outermost, so even a 503 from the safety net carries the shop's CORS headers; no
+    # CORS layer at all (one coroutine less per hit) when no origin is allowed.
+    middlewares: list[Middleware] = [_never_a_500]
+    if config.allowed_origins:
+        middlewares.insert(0, cors_middleware(config.allowed_origins))
+    app = web.Application(client_max_size=config.listen.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[DESTINATIONS] = build_destinations(config)

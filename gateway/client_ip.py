@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@lru_cache(maxsize=4096)
 def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     value = text.strip()
     if value.startswith("[") and "]" in value:  # "[2001:db8::1]:443"
@@ -23,10 +25,17 @@ def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+@lru_cache(maxsize=4096)
+def _trusted_cached(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[IPNetwork, ...]
+) -> bool:
+    return any(address in net for net in nets)
+
+
 def _trusted(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Sequence[IPNetwork]
 ) -> bool:
-    return any(address in net for net in nets)
+    return _trusted_cached(address, tuple(nets))
 
 
 def client_ip(

@@ -158,10 +158,8 @@ class Pipeline:
     ) -> list[Added] | None:
         """As `ingest`, but give up waiting after `timeout_s` (the write itself goes on)."""
         task = asyncio.ensure_future(self.ingest(events, send_to))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        except TimeoutError:
-            return None
+        done, _ = await asyncio.wait((task,), timeout=timeout_s)
+        return task.result() if done else None  # not done: the write goes on without us
 
 
 def _dropped(dest: Destination, event: Event, status: Status, reason: str) -> NewDelivery:

@@ -235,6 +235,7 @@ class Store:
         await self._queue.put(None)
         if self._writer is not None:
             await self._writer
+        log.info("store.closed", commits=self._ids.commits, adds=self._ids.grouped)
         await self.reader.close()
         await self._conn.close()
 
