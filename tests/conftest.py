@@ -101,19 +101,37 @@ async def fake_platform() -> AsyncIterator[FakePlatform]:
     await server.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every gateway test runs on both storage backends (storage.path and storage.url)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
+def sqlite_only(backend: str) -> None:
+    """For a test that reaches into SQLite itself (its file, or holding its single writer)."""
+    if backend != "sqlite":
+        pytest.skip("reaches into the SQLite store; its PostgreSQL twin is in test_store_pg.py")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, sqlite_only: None) -> Path:
     return tmp_path / "gateway.sqlite3"
 
 
 @pytest.fixture
-def make_config(db_path: Path) -> Callable[[str], Config]:
-    """Parse a YAML config, storage pointed at the test's SQLite file unless it says otherwise."""
+def make_config(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Callable[[str], Config]:
+    """Parse a YAML config, storage pointed at the test's own SQLite file or PostgreSQL
+    database (by `backend`) unless the text says otherwise."""
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
 
     def make(text: str, env: dict[str, str] | None = None) -> Config:
         cfg = config_module.parse(text, "test.yaml", env or {})
         if "storage:" not in text:
-            storage = cfg.storage.model_copy(update={"path": str(db_path)})
+            update = {"url": url} if url else {"path": str(tmp_path / "gateway.sqlite3")}
+            storage = cfg.storage.model_copy(update=update)
             cfg = Config(**{**_fields(cfg), "storage": storage})
         return cfg
 
@@ -136,12 +154,19 @@ class Gateway:
         return self.client.server.app  # type: ignore[return-value]
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Any:
         return self.app[STORE]
 
     async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        async with self.store.reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        """Run a read-only query on whichever backend the gateway uses (`?` placeholders)."""
+        store = self.store
+        if isinstance(store, Store):
+            async with store.reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        numbered = sql
+        for i in range(1, len(params) + 1):
+            numbered = numbered.replace("?", f"${i}", 1)
+        return [tuple(r) for r in await store.pool.fetch(numbered, *params)]
 
 
 @pytest.fixture

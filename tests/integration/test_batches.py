@@ -53,7 +53,10 @@ async def post_all(gw: Gateway, batches: list[list[dict[str, object]]]) -> None:
 
 
 async def test_2500_events_to_meta_are_three_requests(
-    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+    start_gateway: Start,
+    make_config: MakeConfig,
+    fake_platform: FakePlatform,
+    sqlite_only: None,
 ) -> None:
     fake_platform.default = lambda r: web.json_response({"events_received": len(r.json()["data"])})
     gw = await start_gateway(
@@ -73,7 +76,10 @@ sources:
 
 
 async def test_60_events_to_ga4_are_three_requests(
-    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+    start_gateway: Start,
+    make_config: MakeConfig,
+    fake_platform: FakePlatform,
+    sqlite_only: None,
 ) -> None:
     def count(r: Recorded) -> int:
         return len(r.json()["events"])

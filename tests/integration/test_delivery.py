@@ -203,7 +203,7 @@ async def test_a_hang_past_the_timeout_is_retried(
 
 
 async def test_one_bad_event_does_not_block_its_batch(
-    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, sqlite_only: None
 ) -> None:
     def meta(r: Recorded) -> web.Response:
         ids = [e["event_id"] for e in r.json()["data"]]
@@ -311,17 +311,18 @@ async def test_replay_requeues_dead_deliveries(
     make_config: MakeConfig,
     fake_platform: FakePlatform,
     tmp_path: Path,
-    db_path: Path,
 ) -> None:
     fake_platform.then(
         lambda r: web.json_response(
             {"error": {"message": "Error validating access token", "code": 190}}, status=401
         )
     )
-    text = config_text(fake_platform.url) + f"\nstorage: {{path: {db_path}}}\n"
+    cfg = make_config(config_text(fake_platform.url))
+    # The CLI, another process, reads the same store the gateway writes (either backend).
+    where = f'url: "{cfg.storage.url}"' if cfg.storage.url else f"path: {cfg.storage.path}"
     cfg_file = tmp_path / "gateway.yaml"
-    cfg_file.write_text(text)
-    gw = await start_gateway(make_config(text))
+    cfg_file.write_text(config_text(fake_platform.url) + f"\nstorage: {{{where}}}\n")
+    gw = await start_gateway(cfg)
     await hit(gw, "pv-dead")
 
     async def dead() -> bool:

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.config import Config
-from tests.conftest import FakePlatform, Gateway, eventually, free_port
+from tests.conftest import Gateway, free_port
 
 Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
@@ -34,46 +34,6 @@ def pixel(port: int, event_id: str, ev: str = "PageView") -> str:
         f"http://127.0.0.1:{port}/tr?id=1234567890&ev={ev}&eid={event_id}&ts={ts}"
         "&dl=https%3A%2F%2Fshop.example%2F&cd[value]=5&cd[currency]=EUR"
     )
-
-
-async def test_the_gateway_runs_on_postgresql(
-    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, pg_url: str
-) -> None:
-    gw = await start_gateway(
-        make_config(
-            f"""
-storage: {{url: "{pg_url}"}}
-destinations:
-  meta: {{type: meta_capi, pixel_id: "1234567890", access_token: T, endpoint: {fake_platform.url},
-          batch: {{max_wait_ms: 0}}}}
-sources:
-  meta_pixel: {{send_to: [meta]}}
-  server: {{send_to: [meta], api_keys: [k]}}
-"""
-        )
-    )
-    url = pixel(0, "ord-1", "Purchase").split(":0", 1)[1]
-    assert (await gw.client.get(url, headers={"User-Agent": "UA"})).status == 200
-    response = await gw.client.post(
-        "/v1/events",
-        json={
-            "events": [
-                {
-                    "event_id": "ord-1",
-                    "event_name": "purchase",
-                    "event_source_url": "https://shop.example/thanks",
-                    "user": {"email": "jane@example.com", "user_agent": "UA"},
-                    "custom": {"value": "5", "currency": "EUR"},
-                }
-            ]
-        },
-        headers={"Authorization": "Bearer k"},
-    )
-    assert await response.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
-    await eventually(lambda: len(fake_platform.requests) == 1)
-    ready = await (await gw.client.get("/readyz")).json()
-    assert ready["status"] == "ready"
-    assert "tag_gateway_queue_depth" in await (await gw.client.get("/metrics")).text()
 
 
 @dataclass

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from gateway.config import Config
 from tests.conftest import Gateway
@@ -35,12 +33,11 @@ def event(event_id: str, **extra: object) -> dict[str, object]:
     }
 
 
-def stored_ids(db: Path) -> list[str]:
-    with sqlite3.connect(str(db)) as conn:
-        return [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY id")]
+async def stored_ids(gw: Gateway) -> list[str]:
+    return [row[0] for row in await gw.rows("SELECT event_id FROM events ORDER BY id")]
 
 
-async def test_mixed_batch(start_gateway: Start, make_config: MakeConfig, db_path: Path) -> None:
+async def test_mixed_batch(start_gateway: Start, make_config: MakeConfig) -> None:
     gw = await start_gateway(make_config(CONFIG))
     bad = event("b", custom={"value": "1", "currency": "EURO"})
     response = await gw.client.post(
@@ -53,22 +50,20 @@ async def test_mixed_batch(start_gateway: Start, make_config: MakeConfig, db_pat
         "rejected": [{"index": 1, "error": "custom.currency: unknown currency 'EURO'"}],
     }
     # 202 came after COMMIT: another connection sees the rows at once.
-    assert stored_ids(db_path) == ["a", "c"]
+    assert await stored_ids(gw) == ["a", "c"]
 
     again = await gw.client.post("/v1/events", json={"events": [event("a")]}, headers=AUTH)
     assert await again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
 
 
-async def test_no_key_stores_nothing(
-    start_gateway: Start, make_config: MakeConfig, db_path: Path
-) -> None:
+async def test_no_key_stores_nothing(start_gateway: Start, make_config: MakeConfig) -> None:
     gw = await start_gateway(make_config(CONFIG))
     for headers in ({}, {"Authorization": "Bearer key-3"}, {"Authorization": "key-1"}):
         response = await gw.client.post(
             "/v1/events", json={"events": [event("x")]}, headers=headers
         )
         assert response.status == 401
-    assert stored_ids(db_path) == []
+    assert await stored_ids(gw) == []
 
 
 async def test_bad_shapes_and_size(start_gateway: Start, make_config: MakeConfig) -> None:
