@@ -1,17 +1,17 @@
 # tag-gateway as a sidecar: slim Python, non-root, state in /data.
 FROM python:3.12-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    TAG_GATEWAY_CONFIG=/etc/tag-gateway/config.yaml
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /data gateway \
-    && mkdir -p /data /etc/tag-gateway \
+    && mkdir -p /data \
     && chown gateway /data
-COPY config/example.yaml /etc/tag-gateway/config.yaml
+# Without a config the image runs the embedded default (dry_run, storage in /data). Mount
+# yours and point TAG_GATEWAY_CONFIG at it (README, Running in Docker).
 
 USER gateway
 WORKDIR /data
