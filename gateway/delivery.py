@@ -145,9 +145,13 @@ class Worker:
 
     async def _run(self) -> None:
         settings = self.destination.settings
-        # Long enough for a batch split down to its bad event; on PostgreSQL, also how long a
-        # crashed replica's batch waits before another replica may take it over.
-        lease_s = max(10.0, settings.timeout_ms / 1000 * 4)
+        # A lease outlasts every request one batch can take (a batch split down to its bad
+        # event; GA4's one request per person), or a second slot would claim and send it
+        # again. On PostgreSQL it is also how long a dead replica's batch waits for another.
+        timeout_s = settings.timeout_ms / 1000
+        lease_s = 10.0 + timeout_s * self.destination.requests_per_batch(
+            self.destination.batch_size
+        )
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not self._stopping:

@@ -127,6 +127,12 @@ class Destination(ABC):
         configured = self.settings.requires
         return self.default_requires if configured is None else configured
 
+    def requests_per_batch(self, items: int) -> int:
+        """The most requests one claimed batch can take: its chunks, plus the halving that
+        isolates a bad event (a delivery worker's lease must outlast them all)."""
+        chunks = -(-items // self.max_batch)
+        return chunks + 2 * max(1, items.bit_length())
+
     @property
     def batch_size(self) -> int:
         """Events per request: the configured size, never above the platform's limit."""
@@ -159,6 +165,10 @@ class Destination(ABC):
         return self.type
 
 
+MAX_RETRY_AFTER_S = 3600.0
+"""The longest Retry-After honoured; past it the next try comes after an hour."""
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """`Retry-After` in seconds (delta form; an HTTP date is read as unknown)."""
     raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
@@ -168,7 +178,8 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         seconds = float(raw.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    # `1e999` is infinity, and a year is as good as never: a row must always come due again.
+    return min(seconds, MAX_RETRY_AFTER_S) if 0 <= seconds < float("inf") else None
 
 
 def classify_by_status(answer: Answer, message: str | None = None) -> Result:

@@ -10,7 +10,6 @@ the vendor's rules before it is stored, as the contract wants for everything on 
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Callable, Sequence
 from typing import Final, Literal
@@ -34,9 +33,10 @@ from gateway.destinations.ga4_mp import google_email, google_name, google_phone
 from gateway.destinations.meta_capi import meta_user_data
 from gateway.destinations.tiktok_events import tiktok_lower, tiktok_phone
 from gateway.event import JSON, Event, RawHit, User
-from gateway.hashing import already_hashed, hash_normalized
+from gateway.hashing import already_hashed, hash_normalized, sha256_hex
 from gateway.settings import DestinationSettings
 from gateway.sources.forms import form_pairs
+from gateway.sources.tiktok_pixel import decode_message
 
 Vendor = Literal["ga4", "meta", "tiktok"]
 
@@ -148,6 +148,9 @@ def _ga4_rewrite(key: str, value: str) -> str | None:
     segments of `em` (`tv.1~em.…~pn.…`) are hashed the way gtag would have."""
     if key == "_uip":
         return None
+    if key == "uid":
+        # The user ID is the shop's external_id: never on disk in plain text (contract §8).
+        return already_hashed(value.strip()) or sha256_hex(value.strip())
     if key != "em":
         return value
     segments = []
@@ -165,6 +168,7 @@ def _ga4_rewrite(key: str, value: str) -> str | None:
 _TIKTOK_USER: Final[dict[str, Callable[[str], str | None]]] = {
     "email": pii.email,
     "phone_number": tiktok_phone(None),
+    "phone": tiktok_phone(None),
     "external_id": tiktok_lower,  # seen raw in real hits (platforms.md §3.1)
 }
 
@@ -177,12 +181,18 @@ def _tiktok_scrub(message: object) -> bool:
         return False
     changed = False
     for key, normalize in _TIKTOK_USER.items():
-        value = user.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str) or already_hashed(value.strip()) is not None:
+        if key not in user:
             continue
-        hashed = hash_normalized(value, normalize) if value.strip() else None
+        value = user[key]
+        if isinstance(value, list):  # identify() takes arrays: hash each, keep the shape
+            hashed_list = [h for v in value if (h := _tiktok_hash(v, normalize))]
+            if hashed_list != value:
+                user[key] = hashed_list
+                changed = True
+            continue
+        hashed = _tiktok_hash(value, normalize)
+        if hashed == value:
+            continue
         if hashed:
             user[key] = hashed
         else:
@@ -191,20 +201,30 @@ def _tiktok_scrub(message: object) -> bool:
     return changed
 
 
+def _tiktok_hash(value: object, normalize: Callable[[str], str | None]) -> str | None:
+    """A match key as TikTok wants it stored: a made hash as it is, else normalized and hashed;
+    None for anything that is neither (it is dropped, never kept in plain text)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    if already_hashed(value.strip()) is not None:
+        return value
+    return hash_normalized(value, normalize)
+
+
 def _tiktok_query(key: str, value: str) -> str | None:
     """`analytics_message=<base64 JSON>`: the same scrub inside the encoded message."""
     if key != "analytics_message":
         return value
-    urlsafe = "-" in value or "_" in value
-    try:
-        padded = value + "=" * (-len(value) % 4)
-        message = orjson.loads(base64.b64decode(padded, altchars=b"-_" if urlsafe else None))
-    except (binascii.Error, ValueError):
-        return value
+    # Decoded exactly as the TikTok source decodes it (base64 of either alphabet, a `+` that
+    # became a space, or plain JSON), so nothing the source could read escapes the scrub.
+    message = decode_message(value)
+    if message is None:
+        return None  # unreadable: not kept, since we cannot tell what it holds
     if not _tiktok_scrub(message):
         return value
-    encoded = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(orjson.dumps(message))
-    return encoded.decode() if value.endswith("=") else encoded.rstrip(b"=").decode()
+    return base64.b64encode(orjson.dumps(message)).decode()
 
 
 def _is_urlencoded(content_type: str | None) -> bool:
@@ -256,6 +276,18 @@ class Forward(Destination):
     can_limit = False  # the original hit cannot be stripped of identifiers and stay itself
 
     settings: ForwardSettings
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Consent a forwarded hit needs when the config says nothing: the ad purposes for
+        Meta and TikTok, analytics for GA4 (whose hit carries gcs/gcd for Google itself).
+        Signals the vendor cannot see on the hit (GPC, a TCF cookie) are honoured here."""
+        configured = self.settings.requires
+        if configured is not None:
+            return configured
+        if self.settings.vendor == "ga4":
+            return ("analytics_storage",)
+        return ("ad_storage", "ad_user_data")
 
     @property
     def target(self) -> str:

@@ -285,7 +285,10 @@ def event_params(event: Event) -> dict[str, JSON]:
         "items": _items(event) or None,
         "search_term": custom.search_string,
         # Both needed for realtime reports and session attribution (platforms.md §2.2).
-        "session_id": ga4.get("session_id") if _scalar(ga4.get("session_id")) else None,
+        # A consent-limited event keeps no session: it would tie the stripped events together.
+        "session_id": ga4.get("session_id")
+        if _scalar(ga4.get("session_id")) and not event.limited
+        else None,
         "engagement_time_msec": _engagement_ms(ga4.get("engagement_time_msec")),
         "event_id": event.event_id,
     }
@@ -344,7 +347,7 @@ def event_payload(event: Event) -> dict[str, JSON] | Rejected:
     consent = _consent(event)
     if consent:
         payload["consent"] = consent
-    properties = user_properties(event)
+    properties = user_properties(event) if not event.limited else {}
     if properties:
         payload["user_properties"] = properties
     payload["event"] = {"name": name, "params": event_params(event)}
@@ -388,6 +391,10 @@ class Ga4Mp(Destination):
 
     def prepare(self, event: Event) -> JSON | Rejected:
         return event_payload(event)
+
+    def requests_per_batch(self, items: int) -> int:
+        """Every event may be a different person's, and a request carries one client."""
+        return items + 2
 
     def _url(self, path: str) -> str:
         s = self.settings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, urlsplit
 
 import orjson
 import pytest
@@ -250,3 +250,54 @@ def test_settings_and_describe() -> None:
         ForwardSettings(type="forward", vendor="bing")
     with pytest.raises(ValidationError):
         ForwardSettings(type="forward", vendor="meta", endpoint="ftp://x")
+
+
+def test_a_ga4_user_id_is_hashed_before_it_is_stored() -> None:
+    dest = _destination("ga4")
+    hit = _hit("ga4", "v=2&tid=G-ABC123&cid=1.2&uid=jane.doe%40example.com&en=page_view")
+    payload = _prepared(dest, _event(hit))
+    assert "jane" not in str(payload)
+    assert parse_qs(str(payload["query"]))["uid"] == [sha256_hex("jane.doe@example.com")]
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        {"phone": "+14155550100"},
+        {"email": ["jane@example.com", "a" * 64]},
+        {"phone_number": 14155550100},
+    ],
+)
+def test_every_tiktok_shape_of_a_match_key_is_hashed(user: dict[str, object]) -> None:
+    dest = _destination("tiktok")
+    message = {"event": "Pageview", "context": {"user": user}}
+    hit = _hit("tiktok", body=orjson.dumps(message), content_type="application/json")
+    payload = _prepared(dest, _event(hit))
+    stored = base64.b64decode(str(payload["body"]))
+    for needle in (b"jane", b"4155550100"):
+        assert needle not in stored
+    assert b"a" * 64 in stored or "email" not in user  # a made hash is kept as it is
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda m: m.decode(),  # plain JSON, which the source also reads
+        lambda m: base64.b64encode(m).decode().replace("+", " "),  # a + that became a space
+    ],
+)
+def test_every_transport_of_analytics_message_is_scrubbed(encode: object) -> None:
+    dest = _destination("tiktok")
+    message = orjson.dumps(
+        {"event": "Pageview", "context": {"user": {"email": "Jane@Example.com"}}, "p": "~~~>>>"}
+    )
+    query = "analytics_message=" + quote(encode(message))  # type: ignore[operator]
+    payload = _prepared(dest, _event(_hit("tiktok", query, path="/api/v2/pixel/act")))
+    assert "jane" not in str(payload).lower()
+
+
+def test_a_forward_needs_consent_the_hit_itself_cannot_carry() -> None:
+    assert _destination("meta").requires == ("ad_storage", "ad_user_data")
+    assert _destination("ga4").requires == ("analytics_storage",)
+    settings = ForwardSettings(type="forward", vendor="meta", requires=[])
+    assert Forward("f", settings).requires == ()

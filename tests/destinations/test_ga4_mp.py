@@ -455,3 +455,25 @@ def test_settings_and_describe() -> None:
     with pytest.raises(ValidationError):
         Ga4MpSettings(type="ga4_mp", measurement_id="UA-1234-1", api_secret=SecretStr("s"))
     assert (Ga4Mp.max_batch, Ga4Mp.max_age_s) == (25, 72 * 3600)
+
+
+def test_a_limited_event_keeps_no_session_or_user_properties() -> None:
+    import dataclasses
+
+    from gateway.destinations.ga4_mp import event_payload
+    from gateway.event import Event
+
+    event = Event(
+        event_id="e",
+        event_name="page_view",
+        event_time=1_795_000_000,
+        source="ga4",
+        vendor_data={"ga4": {"session_id": "1795000000", "user_properties": {"tier": "gold"}}},
+    )
+    whole = event_payload(event)
+    limited = event_payload(dataclasses.replace(event, limited=True))
+    assert isinstance(whole, dict)
+    assert isinstance(limited, dict)
+    assert whole["event"]["params"]["session_id"] == "1795000000"  # the control
+    assert "session_id" not in limited["event"]["params"]
+    assert "user_properties" not in limited

@@ -208,3 +208,11 @@ def test_retry_after_is_kept() -> None:
     answer = Answer(429, b"slow down", {"Retry-After": "30"})
     result = classify_meta(answer, 3)
     assert (result.verdict, result.retry_after_s) == (Verdict.RETRY, 30.0)
+
+
+def test_retry_after_is_bounded() -> None:
+    from gateway.destinations.base import MAX_RETRY_AFTER_S, retry_after_seconds
+
+    assert retry_after_seconds({"Retry-After": "1e999"}) is None  # infinity: never due again
+    assert retry_after_seconds({"retry-after": "31536000"}) == MAX_RETRY_AFTER_S
+    assert retry_after_seconds({"Retry-After": "-5"}) is None
