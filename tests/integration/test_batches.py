@@ -102,3 +102,44 @@ sources:
     assert first.path == "/mp/collect"
     assert first.query == {"measurement_id": "G-ABC123", "api_secret": "S"}
     assert first.json()["client_id"] == "555.666"
+
+
+async def test_a_slow_batch_is_never_claimed_twice(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, sqlite_only: None
+) -> None:
+    """25 people's events are 25 GA4 requests in one claimed batch. At 0.45 s each the batch
+    takes ~11 s, past the old fixed 10 s lease after which the worker's second slot claimed the
+    same rows and sent them again; the lease now covers the whole batch."""
+
+    async def slow(r: Recorded) -> web.Response:
+        await asyncio.sleep(0.45)
+        return web.Response(status=204)
+
+    fake_platform.default = slow
+    gw = await start_gateway(
+        make_config(
+            f"""
+destinations:
+  ga4:
+    type: ga4_mp
+    measurement_id: G-ABC123
+    api_secret: S
+    endpoint: {fake_platform.url}
+    timeout_ms: 1000
+sources:
+  server: {{send_to: [ga4], api_keys: [k]}}
+"""
+        )
+    )
+    people = events("p", 25)
+    for i, event in enumerate(people):
+        event["user"] = {"ga_client_id": f"{i}.1"}
+    await post_all(gw, [people])
+
+    def sent() -> list[str]:
+        return [r.json()["client_id"] for r in fake_platform.requests]
+
+    await eventually(lambda: len(set(sent())) == 25, within=30)
+    await asyncio.sleep(1.0)
+    assert len(sent()) == 25  # each person's request went out once
+    assert len(fake_platform.requests[0].json()["events"]) == 1  # control: one request each
