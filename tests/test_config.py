@@ -79,3 +79,19 @@ def test_a_secret_in_an_invalid_value_is_not_echoed(
     )
     assert cli.main(["check", "--config", str(bad)]) == 1
     assert "sekrit-token" not in capsys.readouterr().out
+
+
+def test_credentials_in_an_endpoint_are_not_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(
+        "destinations:\n"
+        "  meta: {type: meta_capi, pixel_id: '1234567890', access_token: t,"
+        " endpoint: 'https://gw:proxy-pass-9@proxy.example:8443'}\n"
+        "sources: {meta_pixel: {send_to: [meta]}}\n"
+    )
+    assert cli.main(["check", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "via https://proxy.example:8443" in out
+    assert "proxy-pass-9" not in out

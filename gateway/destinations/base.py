@@ -169,6 +169,13 @@ MAX_RETRY_AFTER_S = 3600.0
 """The longest Retry-After honoured; past it the next try comes after an hour."""
 
 
+def shown_url(url: str) -> str:
+    """A URL fit to print: any `user:password@` (an outbound proxy's, say) left out."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """`Retry-After` in seconds (delta form; an HTTP date is read as unknown)."""
     raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)

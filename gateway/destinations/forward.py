@@ -28,6 +28,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    shown_url,
 )
 from gateway.destinations.ga4_mp import google_email, google_name, google_phone
 from gateway.destinations.meta_capi import meta_user_data
@@ -354,4 +355,4 @@ class Forward(Destination):
         return classify_by_status(answer)
 
     def describe(self) -> str:
-        return f"forward {self.settings.vendor} hits to {self.target}"
+        return f"forward {self.settings.vendor} hits to {shown_url(self.target)}"

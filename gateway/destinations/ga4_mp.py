@@ -27,6 +27,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    shown_url,
 )
 from gateway.event import JSON, ConsentState, Event, User, json_number
 from gateway.hashing import already_hashed, hash_normalized, sha256_hex
@@ -440,4 +441,4 @@ class Ga4Mp(Destination):
 
     def describe(self) -> str:
         s = self.settings
-        return f"ga4_mp {s.measurement_id} via {s.endpoint}"
+        return f"ga4_mp {s.measurement_id} via {shown_url(s.endpoint)}"

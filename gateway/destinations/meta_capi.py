@@ -22,6 +22,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
 from gateway.hashing import hash_fields
@@ -309,4 +310,4 @@ class MetaCapi(Destination):
     def describe(self) -> str:
         s = self.settings
         test = f", test_event_code {s.test_event_code}" if s.test_event_code else ""
-        return f"meta_capi pixel {s.pixel_id} via {s.endpoint} {s.api_version}{test}"
+        return f"meta_capi pixel {s.pixel_id} via {shown_url(s.endpoint)} {s.api_version}{test}"

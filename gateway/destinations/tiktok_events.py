@@ -22,6 +22,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
 from gateway.hashing import hash_fields
@@ -227,4 +228,4 @@ class TikTokEvents(Destination):
     def describe(self) -> str:
         s = self.settings
         test = f", test_event_code {s.test_event_code}" if s.test_event_code else ""
-        return f"tiktok_events pixel {s.pixel_code} via {s.endpoint}{test}"
+        return f"tiktok_events pixel {s.pixel_code} via {shown_url(s.endpoint)}{test}"
