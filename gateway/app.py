@@ -242,7 +242,7 @@ def _browser_handler(
             outcome, cookie_plan = await _ingest(
                 request.app, source, hit, event_ids, names, cookie_vendors, notes
             )
-        request.app[METRICS].hits.labels(source.name, str(outcome)).inc()
+        request.app[METRICS].count_hit(source.name, str(outcome))
         log.info(
             "hit",
             source=source.name,
@@ -359,7 +359,7 @@ def _server_handler(
     source: ServerSource,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     def answer(request: web.Request, status: int, body: object, outcome: str) -> web.Response:
-        request.app[METRICS].hits.labels(source.name, outcome).inc()
+        request.app[METRICS].count_hit(source.name, outcome)
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -384,7 +384,7 @@ def _server_handler(
         except Exception as exc:
             # Not stored, so not acknowledged: the backend must send it again.
             log.error("server.store_failed", error=type(exc).__name__)
-            request.app[METRICS].hits.labels(source.name, str(Outcome.STORE_ERROR)).inc()
+            request.app[METRICS].count_hit(source.name, str(Outcome.STORE_ERROR))
             return web.Response(
                 status=503,
                 body=orjson.dumps({"error": "storage unavailable; retry"}),

@@ -237,7 +237,7 @@ class Worker:
                 finished.append(self._outcome(attempts[item.delivery_id], v, now))
         await self.store.finish(finished)
         for outcome in finished:
-            self.metrics.deliveries.labels(dest.name, str(outcome.status)).inc()
+            self.metrics.count_delivery(dest.name, str(outcome.status))
 
     async def _send(self, request: OutRequest) -> list[_Verdicts]:
         dest = self.destination

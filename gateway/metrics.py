@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -43,6 +45,23 @@ class Metrics:
             ["destination"],
             registry=self.registry,
         )
+
+        self._children: dict[tuple[str, str, str], Any] = {}
+
+    def count_hit(self, source: str, outcome: str) -> None:
+        """One more hit (the labelled child is looked up once, then kept)."""
+        self._child(self.hits, "h", source, outcome).inc()
+
+    def count_delivery(self, destination: str, status: str) -> None:
+        """One more delivery row in this status."""
+        self._child(self.deliveries, "d", destination, status).inc()
+
+    def _child(self, counter: Counter, kind: str, a: str, b: str) -> Any:
+        key = (kind, a, b)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(a, b)
+        return child
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -147,10 +147,9 @@ class Pipeline:
     async def ingest(self, events: Sequence[Event], send_to: Sequence[str]) -> list[Added]:
         """Prepare and durably store events; returns after COMMIT."""
         added = await self.store.add([self.rows(e, send_to) for e in events])
-        counter = self.metrics.deliveries
         for result in added:
             for destination, status in result.statuses:
-                counter.labels(destination, status).inc()
+                self.metrics.count_delivery(destination, status)
         return added
 
     async def ingest_shielded(
