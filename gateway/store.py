@@ -31,6 +31,24 @@ _MAX_GROUP: Final = 2000
 _KEYS_PER_QUERY: Final = 300
 
 
+Q = TypeVar("Q")
+
+
+async def next_group(queue: asyncio.Queue[Q | None], limit: int) -> tuple[list[Q], bool]:
+    """The next group commit's jobs: wait for one, then take everything that queued up while
+    the last transaction ran (at most `limit`). The bool says a None asked the writer to stop."""
+    first = await queue.get()
+    stop = first is None
+    jobs: list[Q] = [] if first is None else [first]
+    while not queue.empty() and len(jobs) < limit:
+        job = queue.get_nowait()
+        if job is None:
+            stop = True
+        else:
+            jobs.append(job)
+    return jobs, stop
+
+
 class Status(StrEnum):
     """A delivery row's state (contract §8)."""
 
@@ -260,20 +278,8 @@ class Store:
     async def _write_loop(self) -> None:
         stop = False
         while not stop:
-            first = await self._queue.get()
-            jobs: list[_AddJob | _FnJob] = []
-            job: _AddJob | _FnJob | None
-            if first is None:
-                stop = True
-            else:
-                jobs.append(first)
-            # Everything that queued up while the last transaction ran joins this one.
-            while not self._queue.empty() and len(jobs) < _MAX_GROUP:
-                job = self._queue.get_nowait()
-                if job is None:
-                    stop = True
-                    continue
-                jobs.append(job)
+            group: tuple[list[_AddJob | _FnJob], bool] = await next_group(self._queue, _MAX_GROUP)
+            jobs, stop = group
             if jobs:
                 await self._run_group(jobs)
 

@@ -38,6 +38,7 @@ from gateway.store import (
     NewEvent,
     Status,
     StoreClosed,
+    next_group,
 )
 
 log = structlog.get_logger("gateway.store_pg")
@@ -506,19 +507,7 @@ class PgStore:
     async def _write_loop(self) -> None:
         stop = False
         while not stop:
-            first = await self._queue.get()
-            jobs: list[_AddJob] = []
-            if first is None:
-                stop = True
-            else:
-                jobs.append(first)
-            # Everything that queued up while the last transaction ran joins this one.
-            while not self._queue.empty() and len(jobs) < _MAX_GROUP:
-                job = self._queue.get_nowait()
-                if job is None:
-                    stop = True
-                    continue
-                jobs.append(job)
+            jobs, stop = await next_group(self._queue, _MAX_GROUP)
             if jobs:
                 await self._run_group(jobs)
 
