@@ -8,6 +8,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
@@ -287,3 +289,28 @@ async def pg_url(pg_server: str) -> AsyncIterator[str]:
         await server.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await server.close()
+
+
+async def start_serve(
+    cfg: Path, log: Path, port: int, *, pass_port: bool = False, ready: str = "/healthz"
+) -> asyncio.subprocess.Process:
+    """`python -m gateway serve` as a real process, once `ready` answers 200; its stderr (the
+    JSON log) is appended to `log`."""
+    args = ["-m", "gateway", "serve", "--config", str(cfg)]
+    if pass_port:
+        args += ["--port", str(port)]
+    with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=handle
+        )
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{ready}") as r:
+                    if r.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    proc.kill()
+    raise AssertionError("gateway did not start: " + log.read_text()[-2000:])

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from tests.conftest import start_serve
 
 
 def free_port() -> int:
@@ -77,28 +78,7 @@ sources:
 
 
 async def start(cfg: Path, port: int, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(cfg),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=handle,
-        )
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/healthz") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise AssertionError("gateway did not start: " + log.read_text()[-2000:])
+    return await start_serve(cfg, log, port)
 
 
 def pixel_url(port: int, event_id: str) -> str:

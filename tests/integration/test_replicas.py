@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.config import Config
-from tests.conftest import Gateway, free_port
+from tests.conftest import Gateway, free_port, start_serve
 
 Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
@@ -61,30 +60,7 @@ async def counting_meta() -> AsyncIterator[tuple[CountingMeta, str]]:
 
 
 async def start_replica(cfg: Path, port: int, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as handle:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(cfg),
-            "--port",
-            str(port),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=handle,
-        )
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise AssertionError("replica did not start: " + log.read_text()[-2000:])
+    return await start_serve(cfg, log, port, pass_port=True, ready="/readyz")
 
 
 async def test_three_replicas_one_truth(
