@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from gateway import store as store_module
 from gateway.store import NewDelivery, NewEvent, Status, Store
 
 
@@ -70,5 +74,59 @@ async def test_retention_prunes_final_rows_only(tmp_path: Path) -> None:
         assert await store.prune(time.time() - 30 * 86400) == 1
         async with store.reader.execute("SELECT event_id FROM events ORDER BY id") as cur:
             assert [r[0] for r in await cur.fetchall()] == ["old-queued", "new-dropped"]
+    finally:
+        await store.close()
+
+
+async def test_a_lock_held_by_another_process_is_waited_out_off_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = await Store.open(str(path))
+    other = sqlite3.connect(path, isolation_level=None)  # as `tag-gateway replay` would
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        adding = asyncio.create_task(store.add([event("while-locked")]))
+        started = time.monotonic()
+        ticks = 0
+        while time.monotonic() - started < 0.3:  # the loop keeps running meanwhile
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks >= 15
+        assert not adding.done()
+        other.execute("COMMIT")
+        (added,) = await asyncio.wait_for(adding, 2)
+        assert added.queued == 1
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_lock_held_too_long_fails_the_group_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_BUSY_WAIT_S", 0.2)
+    path = tmp_path / "s.sqlite3"
+    store = await Store.open(str(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.add([event("too-late")])
+        other.execute("COMMIT")
+        (added,) = await store.add([event("after")])
+        assert added.queued == 1
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_commit_on_the_loop_works_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_COMMIT_IN_THREAD", False)
+    store = await Store.open(str(tmp_path / "s.sqlite3"))
+    try:
+        results = await asyncio.gather(*(store.add([event(f"e{i}")]) for i in range(20)))
+        assert [added.queued for (added,) in results] == [1] * 20
+        assert len(await store.claim("meta", 50, lease_s=60)) == 20
     finally:
         await store.close()
