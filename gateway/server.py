@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Final
 
 import structlog
 from aiohttp import web
@@ -12,6 +14,9 @@ from gateway.app import create_app
 from gateway.config import EMBEDDED, Config
 
 log = structlog.get_logger("gateway.server")
+
+GC_THRESHOLDS: Final = (20_000, 20, 100)
+"""Young-generation collections every 20,000 allocations instead of 700 (see _settle_gc)."""
 
 
 def serve(config: Config, host: str | None, port: int | None, log_format: str) -> int:
@@ -38,8 +43,10 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
     # 1,630-1,800 hits/s), the SQLite thread's wake-ups into the loop costing more under it.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    app = create_app(config)
+    app.on_startup.append(_settle_gc)
     web.run_app(
-        create_app(config),
+        app,
         host=bind_host,
         port=bind_port,
         print=None,
@@ -49,3 +56,15 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
     )
     log.info("serve.stop")
     return 0
+
+
+async def _settle_gc(app: web.Application) -> None:
+    """Once started, move everything alive into the permanent generation and collect less often.
+
+    A hit allocates a few hundred short-lived objects, almost all freed by reference counting;
+    with the default thresholds the collector still ran every few hits, and every few hundred
+    hits a full pass walked the whole heap (aiohttp, pydantic, the config). Figures: README,
+    Performance."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
