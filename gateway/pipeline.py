@@ -34,8 +34,7 @@ def match_keys(event: Event) -> int:
     return sum(1 << i for i, value in enumerate(present) if value)
 
 
-def _consent_record(event: Event) -> str:
-    c = event.consent
+def _consent_record(c: Consent) -> str:
     return orjson.dumps(
         {p: [str(c.get(p) or "unset"), c.basis.get(p, "")] for p in PURPOSES}
     ).decode()
@@ -57,10 +56,14 @@ class Pipeline:
         self.destinations = destinations
         self.consent = consent or ConsentSettings()
         self.shared_rules, self.scoped_rules = split_shared(rules)
-        self._resolved: dict[tuple[object, ...], Consent] = {}
+        self._resolved: dict[tuple[object, ...], tuple[Consent, str]] = {}
 
     def resolve_consent(self, event: Event) -> Event:
         """The four purposes from every signal the event carries (consent.md §7)."""
+        return self._resolve(event)[0]
+
+    def _resolve(self, event: Event) -> tuple[Event, str]:
+        """The event with its consent resolved, and the consent record the log keeps."""
         explicit = tuple(
             (p, str(state))
             for p in PURPOSES
@@ -68,9 +71,10 @@ class Pipeline:
             and event.consent.basis.get(p) == "server"
         )
         key = (explicit, tuple(sorted(event.consent_signals.items())))
-        resolved = self._resolved.get(key)
-        if resolved is None:
-            # Most hits carry one of a few signal sets: decide each set once.
+        memo = self._resolved.get(key)
+        if memo is None:
+            # Most hits carry one of a few signal sets: decide each set once, and render its
+            # log record once.
             resolved = consent_rules.resolve(
                 dict(explicit) or None,
                 event.consent_signals,
@@ -80,12 +84,12 @@ class Pipeline:
             )
             if len(self._resolved) >= 4096:
                 self._resolved.clear()
-            self._resolved[key] = resolved
-        return dataclasses.replace(event, consent=resolved)
+            memo = self._resolved[key] = (resolved, _consent_record(resolved))
+        return dataclasses.replace(event, consent=memo[0]), memo[1]
 
     def rows(self, event: Event, send_to: Sequence[str]) -> NewEvent:
         """The event row and one delivery row per destination that wants it."""
-        event = self.resolve_consent(event)
+        event, consent_record = self._resolve(event)
         shared = apply_rules(event, self.shared_rules, None)
         named = event if isinstance(shared, Dropped) else shared
         deliveries = []
@@ -116,7 +120,7 @@ class Pipeline:
             deliveries=deliveries,
             value=str(custom.value) if custom.value is not None else None,
             currency=custom.currency,
-            consent=_consent_record(event),
+            consent=consent_record,
         )
 
     def _delivery(self, dest: Destination, event: Event) -> NewDelivery:
