@@ -49,11 +49,6 @@ BARE_APP = textwrap.dedent(
     app = web.Application()
     app.router.add_get("/tr", tr)
     app.router.add_get("/healthz", tr)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
     """
 )
