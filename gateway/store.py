@@ -591,16 +591,27 @@ class Store:
         return [DeliveryRow(*row) for row in rows]
 
     async def requeue(self, query: DeliveryQuery, now: float | None = None) -> int:
-        """Put dead or failed deliveries matching `query` back in the queue, due now."""
+        """Put dead or failed deliveries matching `query` back in the queue, due now.
+
+        Never one that would be sent twice: not a row in flight (leased), not one whose event
+        another delivery of the same key has taken (queued, failed or sent within 48 hours: a
+        later copy went out while this one lay dead), and of several matching rows of one key
+        only the newest."""
         at = time.time() if now is None else now
-        where, params = query.where(prefix="")
+        where, params = query.where(prefix="d.")
+        blocking = ",".join(f"'{s}'" for s in _BLOCKING)
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, leased_until = 0,"
-                f" updated_at = ?, message = 'replayed: ' || COALESCE(message, '') {where}"
-                " AND payload IS NOT NULL",
-                [at, at, *params],
+                " updated_at = ?, message = 'replayed: ' || COALESCE(message, '')"
+                " WHERE id IN (SELECT MAX(d.id) FROM deliveries d"
+                f" {where} AND d.payload IS NOT NULL AND d.leased_until <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = d.destination"
+                " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.id != d.id"
+                f" AND o.created_at > ? AND o.status IN ({blocking}))"
+                " GROUP BY d.destination, d.event_name, d.event_id)",
+                [at, at, *params, at, at - DEDUP_WINDOW_S],
             )
             return cur.rowcount
 

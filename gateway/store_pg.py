@@ -274,10 +274,29 @@ ORDER BY d.id DESC
 LIMIT {limit}
 """
 
-_REQUEUE: Final = """
-UPDATE deliveries SET status = 'queued', next_attempt_at = $1, leased_until = 0,
-    updated_at = $1, message = 'replayed: ' || COALESCE(message, '')
-{where} AND payload IS NOT NULL
+# Replay, as in Store.requeue: not a row in flight, not one whose key another live delivery
+# took within 48 hours, of several rows of one key only the newest; and the replayed row takes
+# the key back, so a copy arriving after the replay is a duplicate of it.
+_REQUEUE: Final = f"""
+WITH picked AS (
+    SELECT MAX(d.id) AS id FROM deliveries AS d
+    {{where}} AND d.payload IS NOT NULL AND d.leased_until <= $1
+    AND NOT EXISTS (
+        SELECT 1 FROM deliveries AS o
+        WHERE o.destination = d.destination AND o.event_name = d.event_name
+          AND o.event_id = d.event_id AND o.id <> d.id AND o.created_at > $2
+          AND o.status IN {_LIVE})
+    GROUP BY d.destination, d.event_name, d.event_id
+), replayed AS (
+    UPDATE deliveries SET status = 'queued', next_attempt_at = $1, leased_until = 0,
+        updated_at = $1, message = 'replayed: ' || COALESCE(message, '')
+    WHERE id IN (SELECT id FROM picked)
+    RETURNING destination, event_name, event_id, id, created_at
+)
+INSERT INTO dedup_keys AS k (destination, event_name, event_id, delivery_id, created_at)
+SELECT destination, event_name, event_id, id, created_at FROM replayed
+ON CONFLICT (destination, event_name, event_id) DO UPDATE
+    SET delivery_id = excluded.delivery_id, created_at = excluded.created_at
 """
 
 _QUEUE_STATS: Final = """
@@ -689,11 +708,12 @@ class PgStore:
         return _rowcount(status)
 
     async def requeue(self, query: DeliveryQuery, now: float | None = None) -> int:
-        """Put dead or failed deliveries matching `query` back in the queue, due now."""
+        """Put dead or failed deliveries matching `query` back in the queue, due now (never
+        one that would be sent twice: see Store.requeue)."""
         self._check_open()
         at = time.time() if now is None else now
-        params: list[Any] = [at]
-        sql = _REQUEUE.format(where=_where(query, params, prefix=""))
+        params: list[Any] = [at, at - DEDUP_WINDOW_S]
+        sql = _REQUEUE.format(where=_where(query, params))
         status = await self._write(lambda conn: conn.execute(sql, *params), transaction=False)
         return _rowcount(status)
 

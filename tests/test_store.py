@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import store as store_module
-from gateway.store import NewDelivery, NewEvent, Status, Store
+from gateway.store import Claimed, DeliveryQuery, Finished, NewDelivery, NewEvent, Status, Store
 
 
 def event(event_id: str, status: Status = Status.QUEUED, at: float | None = None) -> NewEvent:
@@ -128,5 +128,62 @@ async def test_commit_on_the_loop_works_too(
         results = await asyncio.gather(*(store.add([event(f"e{i}")]) for i in range(20)))
         assert [added.queued for (added,) in results] == [1] * 20
         assert len(await store.claim("meta", 50, lease_s=60)) == 20
+    finally:
+        await store.close()
+
+
+def outcome(claimed: Claimed, status: Status, at: float) -> Finished:
+    return Finished(
+        id=claimed.id,
+        status=status,
+        attempts=claimed.attempts + 1,
+        next_attempt_at=at,
+        http_status=401,
+        message="Error validating access token",
+        latency_ms=1.0,
+        first_attempt_at=at,
+        erase_payload=status is Status.SENT,
+    )
+
+
+async def deliver_as(store: Store, status: Status) -> list[Claimed]:
+    claimed = await store.claim("meta", 10, lease_s=60)
+    await store.finish([outcome(c, status, time.time()) for c in claimed])
+    return claimed
+
+
+async def test_replay_never_sends_an_event_twice(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "s.sqlite3"))
+    try:
+        # Control: a dead delivery on its own comes back.
+        await store.add([event("alone")])
+        await deliver_as(store, Status.DEAD)
+        assert await store.requeue(DeliveryQuery(statuses=("dead",), event_id="alone")) == 1
+
+        # A later copy went out while the first lay dead: the dead one stays dead.
+        await store.add([event("x")])
+        await deliver_as(store, Status.DEAD)
+        (copy,) = await store.add([event("x")])
+        assert copy.queued == 1  # a dead delivery does not block a later copy
+        await deliver_as(store, Status.SENT)
+        assert await store.requeue(DeliveryQuery(statuses=("dead",), event_id="x")) == 0
+
+        # Two dead deliveries of one key: only the newest comes back.
+        await store.add([event("y")])
+        await deliver_as(store, Status.DEAD)
+        await store.add([event("y")])
+        (newer,) = await deliver_as(store, Status.DEAD)
+        assert await store.requeue(DeliveryQuery(statuses=("dead",), event_id="y")) == 1
+        queued = await store.deliveries(DeliveryQuery(statuses=("queued",), event_id="y"))
+        assert [row.id for row in queued] == [newer.id]
+
+        # A failed delivery in flight stays with its sender until the lease is released.
+        await store.add([event("z")])
+        await deliver_as(store, Status.FAILED)
+        assert len(await store.claim("meta", 10, lease_s=60)) >= 1  # on the wire again
+        failed_z = DeliveryQuery(statuses=("failed",), event_id="z")
+        assert await store.requeue(failed_z) == 0
+        await store.release_leases()
+        assert await store.requeue(failed_z) == 1
     finally:
         await store.close()

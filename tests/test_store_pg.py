@@ -266,6 +266,56 @@ async def test_dead_or_expired_holders_do_not_block(pg_url: str) -> None:
         await b.close()
 
 
+async def test_replay_never_sends_an_event_twice(pg_url: str) -> None:
+    a, b = await PgStore.open(pg_url), await PgStore.open(pg_url)
+
+    async def deliver_as(store: PgStore, status: Status) -> list[int]:
+        claimed = await store.claim("meta", 10, 60)
+        now = time.time()
+        await store.finish(
+            [Finished(c.id, status, 1, now, 401, "token", 1.0, now, False) for c in claimed]
+        )
+        return [c.id for c in claimed]
+
+    dead = ("dead",)
+    try:
+        # Control: a dead delivery on its own comes back, and takes its key back: a copy that
+        # arrives after the replay is a duplicate of it.
+        await a.add([event("alone")])
+        await deliver_as(a, Status.DEAD)
+        assert await a.requeue(DeliveryQuery(statuses=dead, event_id="alone")) == 1
+        [after] = await b.add([event("alone")])
+        assert after.duplicates == 1
+
+        # A later copy (another replica) went out while the first lay dead: it stays dead.
+        await a.add([event("x")])
+        await deliver_as(a, Status.DEAD)
+        [copy] = await b.add([event("x")])
+        assert copy.queued == 1
+        await deliver_as(b, Status.SENT)
+        assert await a.requeue(DeliveryQuery(statuses=dead, event_id="x")) == 0
+
+        # Two dead deliveries of one key: only the newest comes back.
+        await a.add([event("y")])
+        await deliver_as(a, Status.DEAD)
+        await b.add([event("y")])
+        [newer] = await deliver_as(b, Status.DEAD)
+        assert await a.requeue(DeliveryQuery(statuses=dead, event_id="y")) == 1
+        queued = await a.deliveries(DeliveryQuery(statuses=("queued",), event_id="y"))
+        assert [row.id for row in queued] == [newer]
+
+        # A failed delivery in flight stays with the replica sending it until its lease ends.
+        await a.add([event("z")])
+        await deliver_as(a, Status.FAILED)
+        assert await b.claim("meta", 10, 60)  # on the wire again, leased for 60 s
+        failed_z = DeliveryQuery(statuses=("failed",), event_id="z")
+        assert await a.requeue(failed_z) == 0
+        assert await a.requeue(failed_z, now=time.time() + 120) == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_concurrent_claims_never_share_a_row(pg_url: str) -> None:
     a, b = await PgStore.open(pg_url), await PgStore.open(pg_url)
     try:
