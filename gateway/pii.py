@@ -128,3 +128,53 @@ def gender_initial(text: str) -> str | None:
 def digits(text: str) -> str:
     """Only the ASCII digits of a string."""
     return _NON_DIGITS.sub("", text)
+
+
+# --- personal data where none belongs -----------------------------------------------------------
+
+# Free-form keys (custom.extra, GA4 user properties) whose names say they hold a person: a
+# shop's `ep.email`, `customer_phone` or `shipping_address`. Keys are compared lowercased with
+# everything but letters and digits removed, by their end ("customeremail") or whole.
+_PERSONAL_KEY_ENDS: Final = (
+    "email",
+    "phone",
+    "phonenumber",
+    "mobile",
+    "firstname",
+    "lastname",
+    "fullname",
+    "surname",
+    "dateofbirth",
+    "birthdate",
+    "birthday",
+    "address",
+    "zipcode",
+    "postcode",
+    "postalcode",
+)
+_PERSONAL_KEYS: Final = frozenset({"dob", "zip", "tel", "street", "ssn", "ip"})
+_NOT_LETTERS_OR_DIGITS: Final = re.compile(r"[^a-z0-9]+")
+_EMAIL_IN_TEXT: Final = re.compile(r"[^@\s\"'<>]+@[^@\s\"'<>]+\.[A-Za-z]{2,}")
+
+
+def personal_field(key: str, value: object) -> bool:
+    """True when a free-form field is personal data by its name, or holds an email address
+    anywhere in its value (nested lists and objects included)."""
+    squashed = _NOT_LETTERS_OR_DIGITS.sub("", key.lower())
+    if squashed in _PERSONAL_KEYS or squashed.endswith(_PERSONAL_KEY_ENDS):
+        return True
+    return _holds_email(value, 0)
+
+
+def _holds_email(value: object, depth: int) -> bool:
+    if isinstance(value, str):
+        return "@" in value and _EMAIL_IN_TEXT.search(value) is not None
+    if depth >= 4:
+        return False
+    if isinstance(value, dict):
+        return any(
+            _holds_email(k, depth + 1) or _holds_email(v, depth + 1) for k, v in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return any(_holds_email(v, depth + 1) for v in value)
+    return False

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 import orjson
+import structlog
 
 from gateway import consent as consent_rules
+from gateway import pii
 from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
 from gateway.event import PURPOSES, Consent, Event
@@ -22,6 +24,8 @@ from gateway.metrics import Metrics
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.storage import Storage
 from gateway.store import Added, NewDelivery, NewEvent, Status
+
+log = structlog.get_logger("gateway.pipeline")
 
 # Match keys counted by the report (contract §8), one bit each.
 MATCH_KEYS: Final = ("email", "phone", "external_id", "fbp", "fbc", "ip_ua")
@@ -89,6 +93,7 @@ class Pipeline:
 
     def rows(self, event: Event, send_to: Sequence[str]) -> NewEvent:
         """The event row and one delivery row per destination that wants it."""
+        event = _without_personal_extras(event)
         event, consent_record = self._resolve(event)
         shared = apply_rules(event, self.shared_rules, None)
         named = event if isinstance(shared, Dropped) else shared
@@ -163,6 +168,27 @@ class Pipeline:
         task = asyncio.ensure_future(self.ingest(events, send_to))
         done, _ = await asyncio.wait((task,), timeout=timeout_s)
         return task.result() if done else None  # not done: the write goes on without us
+
+
+def _without_personal_extras(event: Event) -> Event:
+    """The event without free-form custom fields that hold personal data (`custom.email`, a
+    note quoting an address): those have no hashing rule, so they would reach the disk and the
+    platforms in plain text. Dropped, and logged by name only."""
+    extra = event.custom.extra
+    if not extra:
+        return event
+    personal = [key for key, value in extra.items() if pii.personal_field(key, value)]
+    if not personal:
+        return event
+    log.warning(
+        "event.personal_data_dropped",
+        source=event.source,
+        event_id=event.event_id,
+        fields=[f"custom.{key}"[:64] for key in personal],
+        note="send personal data in `user`, where it is hashed",
+    )
+    kept = {key: value for key, value in extra.items() if key not in personal}
+    return dataclasses.replace(event, custom=dataclasses.replace(event.custom, extra=kept))
 
 
 def _dropped(dest: Destination, event: Event, status: Status, reason: str) -> NewDelivery:

@@ -109,8 +109,16 @@ _META_FIELDS: Final = {
 }
 
 
+_META_CUSTOM: Final = re.compile(r"cd\[([^\]]+)\]")
+_GA4_FREE: Final = re.compile(r"(?:ep|epn|up|upn)\.(.+)")
+
+
 def _meta_rewrite(key: str, value: str) -> str | None:
-    """`ud[em]=<plain>` → Meta's hash of it (the pixel hashes these; a custom tag may not)."""
+    """`ud[em]=<plain>` → Meta's hash of it (the pixel hashes these; a custom tag may not);
+    a custom-data field that is personal data (`cd[email]`) goes, as the pipeline drops it."""
+    custom = _META_CUSTOM.fullmatch(key)
+    if custom is not None:
+        return None if pii.personal_field(custom[1], value) else value
     match = _META_PARAM.fullmatch(key)
     if match is None or not value.strip() or already_hashed(value.strip()) is not None:
         return value
@@ -149,6 +157,9 @@ def _ga4_rewrite(key: str, value: str) -> str | None:
     segments of `em` (`tv.1~em.…~pn.…`) are hashed the way gtag would have."""
     if key == "_uip":
         return None
+    free = _GA4_FREE.fullmatch(key)
+    if free is not None:  # `ep.email=…`: personal data with no hashing rule goes
+        return None if pii.personal_field(free[1], value) else value
     if key == "uid":
         # The user ID is the shop's external_id: never on disk in plain text (contract §8).
         return already_hashed(value.strip()) or sha256_hex(value.strip())
@@ -175,12 +186,18 @@ _TIKTOK_USER: Final[dict[str, Callable[[str], str | None]]] = {
 
 
 def _tiktok_scrub(message: object) -> bool:
-    """Hash plain-text `context.user` match keys in a pixel message, in place; True if any."""
+    """Hash plain-text `context.user` match keys in a pixel message and drop `properties`
+    that are personal data, in place; True if anything changed."""
+    changed = False
+    properties = message.get("properties") if isinstance(message, dict) else None
+    if isinstance(properties, dict):
+        for key in [k for k, v in properties.items() if pii.personal_field(str(k), v)]:
+            del properties[key]
+            changed = True
     context = message.get("context") if isinstance(message, dict) else None
     user = context.get("user") if isinstance(context, dict) else None
     if not isinstance(user, dict):
-        return False
-    changed = False
+        return changed
     for key, normalize in _TIKTOK_USER.items():
         if key not in user:
             continue

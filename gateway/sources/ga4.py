@@ -18,6 +18,7 @@ from pydantic import Field
 from gateway import names
 from gateway.event import JSON, Content, Custom, Event, RawHit, User, new_event_id
 from gateway.hashing import b64url_digest_to_hex
+from gateway.pii import personal_field
 from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome, Parsed, Source
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
@@ -244,10 +245,12 @@ def _extra(params: MultiDict[str], skip: Iterable[str]) -> dict[str, JSON]:
 
 
 def _user_properties(params: MultiDict[str]) -> dict[str, JSON]:
+    """`up.`/`upn.` params; never one that is personal data (`up.email`): it has no hashing
+    rule and would be stored and sent in plain text (the pipeline does the same for extras)."""
     props: dict[str, JSON] = {}
     for key, value in params.items():
         prefix, dot, name = key.partition(".")
-        if dot and name and name not in props:
+        if dot and name and name not in props and not personal_field(name, value):
             if prefix == "up":
                 props[name] = value
             elif prefix == "upn":

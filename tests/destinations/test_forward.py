@@ -301,3 +301,18 @@ def test_a_forward_needs_consent_the_hit_itself_cannot_carry() -> None:
     assert _destination("ga4").requires == ("analytics_storage",)
     settings = ForwardSettings(type="forward", vendor="meta", requires=[])
     assert Forward("f", settings).requires == ()
+
+
+def test_free_form_fields_holding_personal_data_are_not_forwarded() -> None:
+    meta = _prepared(
+        _destination("meta"),
+        _event(_hit("meta", "id=1&ev=Lead&cd[email]=jane@example.com&cd[coupon]=SUMMER")),
+    )
+    assert dict(parse_qsl(str(meta["query"]))) == {"id": "1", "ev": "Lead", "cd[coupon]": "SUMMER"}
+    query = "v=2&en=x&ep.customer_phone=4155550100&up.note=mail%20jane%40example.com&ep.tier=gold"
+    ga4 = _prepared(_destination("ga4"), _event(_hit("ga4", query)))
+    assert dict(parse_qsl(str(ga4["query"]))) == {"v": "2", "en": "x", "ep.tier": "gold"}
+    message = {"event": "Lead", "properties": {"email": "jane@example.com", "value": 1}}
+    hit = _hit("tiktok", body=orjson.dumps(message), content_type="application/json")
+    tiktok = _prepared(_destination("tiktok"), _event(hit))
+    assert orjson.loads(base64.b64decode(str(tiktok["body"])))["properties"] == {"value": 1}

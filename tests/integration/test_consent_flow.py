@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from gateway.config import Config
 from gateway.destinations.meta_capi import meta_user_data
@@ -183,3 +184,73 @@ rules:
     rows = await gw.rows("SELECT event_id, status, message FROM deliveries ORDER BY id")
     assert rows[0][:2] == ("bot", "dropped_rule")
     assert rows[0][2].startswith("rules[1]")
+
+
+async def test_personal_data_in_free_form_fields_is_never_stored_or_sent(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, db_path: Path
+) -> None:
+    fake_platform.default = lambda r: web.Response(status=503)  # rows stay, payloads with them
+    cfg = make_config(
+        f"""
+consent: {{default: granted}}
+destinations:
+  ga4:
+    type: ga4_mp
+    measurement_id: G-ABC123
+    api_secret: GA4-SECRET
+    endpoint: {fake_platform.url}
+    batch: {{max_wait_ms: 0}}
+sources:
+  ga4: {{send_to: [ga4]}}
+  server: {{send_to: [ga4], api_keys: [k]}}
+"""
+    )
+    with structlog.testing.capture_logs() as logs:
+        gw = await start_gateway(cfg)
+        hit = await gw.client.get(
+            "/g/collect?v=2&tid=G-ABC123&cid=1489945657.1691089601&_p=1&en=sign_up"
+            "&ep.event_id=ga-1&ep.email=jane%40example.com&up.phone=4155550100"
+            "&ep.coupon=SUMMER&dl=https%3A%2F%2Fshop.example%2F",
+            headers={"User-Agent": "UA"},
+        )
+        assert hit.status == 204
+        server = await gw.client.post(
+            "/v1/events",
+            json={
+                "events": [
+                    {
+                        "event_id": "ord-1",
+                        "event_name": "purchase",
+                        "event_time": int(time.time()) - 5,
+                        "event_source_url": "https://shop.example/thanks",
+                        "user": {"ga_client_id": "123.456"},
+                        "custom": {
+                            "value": "10",
+                            "currency": "EUR",
+                            "customer_email": "jane@example.com",
+                            "note": "ship to jane@example.com",
+                            "coupon": "SUMMER",
+                        },
+                    }
+                ]
+            },
+            headers={"Authorization": "Bearer k"},
+        )
+        assert server.status == 202, await server.text()
+        assert (await server.json())["accepted"] == 1, await server.text()
+        await eventually(lambda: len(fake_platform.requests) >= 2)
+        payloads = await gw.rows("SELECT event_id, payload FROM deliveries ORDER BY id")
+        await gw.client.close()
+
+    # The controls: both events are stored with their other free-form field, and were sent.
+    assert [event_id for event_id, _ in payloads] == ["ga-1", "ord-1"]
+    assert all(b"SUMMER" in payload for _, payload in payloads)
+    sent = b"".join(r.body for r in fake_platform.requests)
+    assert b"SUMMER" in sent
+    disk = on_disk(db_path)
+    for needle in (b"jane@example.com", b"jane%40example.com", b"4155550100"):
+        assert needle not in disk, needle
+        assert needle not in sent, needle
+    dropped = [line["fields"] for line in logs if line["event"] == "event.personal_data_dropped"]
+    assert dropped == [["custom.email"], ["custom.customer_email", "custom.note"]]
+    assert "jane@example.com" not in repr(logs)
