@@ -43,6 +43,9 @@ DEDUP_WINDOW_S: Final = 48 * 3600
 _MAX_GROUP: Final = 2000
 """At most this many `add` calls share one transaction."""
 _KEYS_PER_QUERY: Final = 300
+_ROWS_ON_LOOP: Final = 500
+"""A group writing more rows than this inserts them in the committer thread (hits' groups of a
+row or two each stay on the loop, where a statement costs no thread trip)."""
 _COMMIT_IN_THREAD: Final[bool] = True
 """COMMIT (and its fsync) in the committer thread; False commits on the loop, blocking it
 for the fsync (to compare the two)."""
@@ -336,7 +339,14 @@ class Store:
         touched: set[str] = set()
         try:
             await _until_free(lambda: conn.execute("BEGIN IMMEDIATE"))
-            added = self._insert(adds, touched) if adds else []
+            rows = sum(1 + len(e.deliveries) for job in adds for e in job.events)
+            if rows > _ROWS_ON_LOOP and self._committer is not None:
+                # A group of big API batches: off the loop, or hits wait behind it (20 batches
+                # of 1,000 events to 3 destinations held the loop for over a second).
+                loop = asyncio.get_running_loop()
+                added = await loop.run_in_executor(self._committer, self._insert, adds, touched)
+            else:
+                added = self._insert(adds, touched) if adds else []
             for fn_job in fns:
                 results.append(await _settle(fn_job.fn, conn))
             if self._committer is None:

@@ -187,3 +187,18 @@ async def test_replay_never_sends_an_event_twice(tmp_path: Path) -> None:
         assert await store.requeue(failed_z) == 1
     finally:
         await store.close()
+
+
+async def test_a_big_group_is_written_off_the_loop_with_the_same_dedup(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "s.sqlite3"))
+    try:
+        await store.add([event("seen-before")])
+        batch = [event(f"b{i}") for i in range(store_module._ROWS_ON_LOOP)]
+        batch += [event("seen-before"), event("b0")]
+        added = await store.add(batch)
+        assert sum(a.queued for a in added) == store_module._ROWS_ON_LOOP
+        assert [a.duplicates for a in added[-2:]] == [1, 1]
+        async with store.reader.execute("SELECT COUNT(*) FROM deliveries") as cur:
+            assert await cur.fetchone() == (store_module._ROWS_ON_LOOP + 3,)
+    finally:
+        await store.close()
