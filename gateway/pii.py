@@ -132,49 +132,74 @@ def digits(text: str) -> str:
 
 # --- personal data where none belongs -----------------------------------------------------------
 
-# Free-form keys (custom.extra, GA4 user properties) whose names say they hold a person: a
-# shop's `ep.email`, `customer_phone` or `shipping_address`. Keys are compared lowercased with
-# everything but letters and digits removed, by their end ("customeremail") or whole.
-_PERSONAL_KEY_ENDS: Final = (
-    "email",
-    "phone",
-    "phonenumber",
-    "mobile",
+# Free-form fields (custom.extra, GA4 user properties, a pixel's custom data) that hold a person:
+# a shop's `ep.customer_phone`, `cd[email]` or `shipping_address`. Keys are compared lowercased,
+# with everything but letters and digits removed and trailing digits dropped ("address_line1"
+# → "addressline"). A name alone is not enough where a value can be checked: a phone-named field
+# must hold 7 to 15 digits, and `is_mobile: true` or `phone_model: "iPhone 15"` stay.
+_NAME_WORDS: Final = (
     "firstname",
     "lastname",
     "fullname",
+    "customername",
+    "givenname",
+    "familyname",
     "surname",
     "dateofbirth",
     "birthdate",
     "birthday",
-    "address",
-    "zipcode",
     "postcode",
     "postalcode",
+    "zipcode",
+    "street",
+    "addressline",
 )
-_PERSONAL_KEYS: Final = frozenset({"dob", "zip", "tel", "street", "ssn", "ip"})
+_NAME_ENDS: Final = ("address", "zip", "dob", "ssn")
+_NAME_EXACT: Final = frozenset({"ip", "ipaddress", "clientip", "tel"})
+_PHONE_WORDS: Final = ("phone", "mobile", "tel")
 _NOT_LETTERS_OR_DIGITS: Final = re.compile(r"[^a-z0-9]+")
-_EMAIL_IN_TEXT: Final = re.compile(r"[^@\s\"'<>]+@[^@\s\"'<>]+\.[A-Za-z]{2,}")
+_TRAILING_DIGITS: Final = re.compile(r"\d+$")
+_EMAIL_IN_TEXT: Final = re.compile(
+    r"[^@\s\"'<>]+@[^@\s\"'<>]*[A-Za-z][^@\s\"'<>]*\.([A-Za-z]{2,})\b"
+)
+# `sku-1@2x.jpg` is an image, not an address.
+_FILE_ENDINGS: Final = frozenset({"jpg", "jpeg", "png", "gif", "webp", "svg", "avif", "pdf"})
+_MAX_DEPTH: Final = 8
 
 
 def personal_field(key: str, value: object) -> bool:
-    """True when a free-form field is personal data by its name, or holds an email address
-    anywhere in its value (nested lists and objects included)."""
-    squashed = _NOT_LETTERS_OR_DIGITS.sub("", key.lower())
-    if squashed in _PERSONAL_KEYS or squashed.endswith(_PERSONAL_KEY_ENDS):
+    """True when a free-form field holds personal data: by its name and the kind of value it
+    holds, or an email address anywhere in it (keys and values, nested ones included)."""
+    return _personal(str(key), value, 0)
+
+
+def _personal(key: str, value: object, depth: int) -> bool:
+    if depth > _MAX_DEPTH:
+        return True  # nested deeper than anything a tag sends: not worth the risk
+    if _named_personal(key, value) or _holds_email(key):
         return True
-    return _holds_email(value, 0)
-
-
-def _holds_email(value: object, depth: int) -> bool:
-    if isinstance(value, str):
-        return "@" in value and _EMAIL_IN_TEXT.search(value) is not None
-    if depth >= 4:
-        return False
     if isinstance(value, dict):
-        return any(
-            _holds_email(k, depth + 1) or _holds_email(v, depth + 1) for k, v in value.items()
-        )
+        return any(_personal(str(k), v, depth + 1) for k, v in value.items())
     if isinstance(value, list | tuple):
-        return any(_holds_email(v, depth + 1) for v in value)
+        return any(_personal(key, v, depth + 1) for v in value)
+    return _holds_email(value)
+
+
+def _named_personal(key: str, value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False  # a flag (`has_email: true`), or a container checked item by item
+    squashed = _TRAILING_DIGITS.sub("", _NOT_LETTERS_OR_DIGITS.sub("", key.lower()))
+    if squashed in _NAME_EXACT or squashed.endswith(_NAME_ENDS):
+        return True
+    if any(word in squashed for word in _NAME_WORDS):
+        return True
+    if any(word in squashed for word in _PHONE_WORDS):
+        digits = len(_NON_DIGITS.sub("", str(value)))
+        return 7 <= digits <= 15
     return False
+
+
+def _holds_email(value: object) -> bool:
+    if not isinstance(value, str) or "@" not in value:
+        return False
+    return any(m.group(1).lower() not in _FILE_ENDINGS for m in _EMAIL_IN_TEXT.finditer(value))

@@ -10,9 +10,9 @@ from gateway.pii import personal_field
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("email", "x"),
-        ("customer_email", "x"),
-        ("user-phone", "1"),
+        ("email", "jane@example.com"),
+        ("customer_email", "JANE@EXAMPLE.COM"),
+        ("user-phone", "+44 20 7946 0958"),
         ("Shipping Address", "x"),
         ("first_name", "Jane"),
         ("dob", "1990-01-01"),
@@ -20,6 +20,15 @@ from gateway.pii import personal_field
         ("ip", "203.0.113.7"),
         ("note", "call me, jane.doe@example.com"),
         ("tags", ["a", {"b": "x@shop.io"}]),
+        ("customer_name", "Jane Doe"),
+        ("phone_no", "4155550100"),
+        ("mobile_number", 4155550100),
+        ("address_line1", "1 Main St"),
+        ("billing_zip", "94107"),
+        ("email2", "jane@example.org"),
+        ("customer", {"phone": "+1 (415) 555-0100"}),
+        ("jane@example.com", "a key that is an address"),
+        ("deep", {"a": {"b": {"c": {"d": {"e": "jane@example.com"}}}}}),
     ],
 )
 def test_personal(key: str, value: object) -> None:
@@ -36,6 +45,13 @@ def test_personal(key: str, value: object) -> None:
         ("email_opt_in", True),
         ("promo", "50% off @ the store"),
         ("handle", "@shop"),
+        ("is_mobile", True),
+        ("device_mobile", "yes"),
+        ("has_email", True),
+        ("image", "sku-1@2x.jpg"),
+        ("phone_model", "iPhone 15"),
+        ("email_campaign", "summer_sale"),
+        ("contents", [{"id": "sku-1", "image": "https://cdn.example/sku-1@2x.png"}]),
     ],
 )
 def test_not_personal(key: str, value: object) -> None:

@@ -36,6 +36,7 @@ from gateway.destinations.tiktok_events import tiktok_lower, tiktok_phone
 from gateway.event import JSON, Event, RawHit, User
 from gateway.hashing import already_hashed, hash_normalized, sha256_hex
 from gateway.settings import DestinationSettings
+from gateway.sources.coerce import json_or_text
 from gateway.sources.forms import form_pairs
 from gateway.sources.tiktok_pixel import decode_message
 
@@ -109,7 +110,7 @@ _META_FIELDS: Final = {
 }
 
 
-_META_CUSTOM: Final = re.compile(r"cd\[([^\]]+)\]")
+_META_CUSTOM: Final = re.compile(r"cd\[(.+)\]")
 _GA4_FREE: Final = re.compile(r"(?:ep|epn|up|upn)\.(.+)")
 
 
@@ -117,8 +118,8 @@ def _meta_rewrite(key: str, value: str) -> str | None:
     """`ud[em]=<plain>` → Meta's hash of it (the pixel hashes these; a custom tag may not);
     a custom-data field that is personal data (`cd[email]`) goes, as the pipeline drops it."""
     custom = _META_CUSTOM.fullmatch(key)
-    if custom is not None:
-        return None if pii.personal_field(custom[1], value) else value
+    if custom is not None:  # read as the Meta source reads it: JSON where it looks like JSON
+        return None if pii.personal_field(custom[1], json_or_text(value)) else value
     match = _META_PARAM.fullmatch(key)
     if match is None or not value.strip() or already_hashed(value.strip()) is not None:
         return value
@@ -240,8 +241,9 @@ def _tiktok_query(key: str, value: str) -> str | None:
     message = decode_message(value)
     if message is None:
         return None  # unreadable: not kept, since we cannot tell what it holds
-    if not _tiktok_scrub(message):
-        return value
+    # Always re-encoded, scrubbed or not: the stored message is then exactly what the scrub saw
+    # (raw JSON may repeat a key; the parser keeps only the last copy).
+    _tiktok_scrub(message)
     return base64.b64encode(orjson.dumps(message)).decode()
 
 
@@ -277,7 +279,8 @@ def scrubbed(raw: RawHit, line: int | None = None) -> tuple[str, bytes] | Reject
                 message = orjson.loads(body)
             except orjson.JSONDecodeError:
                 message = None
-            if _tiktok_scrub(message):
+            if message is not None:  # re-serialized always, as in _tiktok_query
+                _tiktok_scrub(message)
                 body = orjson.dumps(message)
     return query, body
 

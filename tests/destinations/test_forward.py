@@ -316,3 +316,20 @@ def test_free_form_fields_holding_personal_data_are_not_forwarded() -> None:
     hit = _hit("tiktok", body=orjson.dumps(message), content_type="application/json")
     tiktok = _prepared(_destination("tiktok"), _event(hit))
     assert orjson.loads(base64.b64decode(str(tiktok["body"])))["properties"] == {"value": 1}
+
+
+def test_the_scrub_reads_free_form_fields_as_the_sources_do() -> None:
+    # Nested brackets and JSON escapes, as the Meta source decodes them.
+    query = (
+        "id=1&ev=Lead&cd[customer][email]=jane%40example.com"
+        "&cd[note]=%7B%22to%22%3A%22jane%5Cu0040example.com%22%7D&cd[tier]=gold"
+    )
+    meta = _prepared(_destination("meta"), _event(_hit("meta", query)))
+    assert dict(parse_qsl(str(meta["query"]))) == {"id": "1", "ev": "Lead", "cd[tier]": "gold"}
+    # A repeated key: the parser keeps the last copy, so the stored body is the parsed one.
+    body = b'{"event":"Lead","properties":{"email":"jane@example.com"},"properties":{"value":1}}'
+    hit = _hit("tiktok", body=body, content_type="application/json")
+    tiktok = _prepared(_destination("tiktok"), _event(hit))
+    stored = base64.b64decode(str(tiktok["body"]))
+    assert b"jane" not in stored
+    assert orjson.loads(stored)["properties"] == {"value": 1}
