@@ -214,17 +214,24 @@ WHERE id IN (
 RETURNING id, payload, attempts, event_time, first_attempt_at
 """
 
+# A send restarts its key's 48 hours: the platform counts from when it got the event (SQLite's
+# dedup lookup reads the row's updated_at for the same reason).
 _FINISH: Final = """
-UPDATE deliveries AS d SET
-    status = o.status, attempts = o.attempts, next_attempt_at = o.next_attempt_at,
-    http_status = o.http_status, message = o.message, latency_ms = o.latency_ms,
-    first_attempt_at = COALESCE(d.first_attempt_at, o.first_attempt_at), updated_at = $1,
-    leased_until = 0, payload = CASE WHEN o.erase_payload THEN NULL ELSE d.payload END
-FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[],
-            $8::float8[], $9::float8[], $10::bool[])
-    AS o (id, status, attempts, next_attempt_at, http_status, message, latency_ms,
-          first_attempt_at, erase_payload)
-WHERE d.id = o.id
+WITH done AS (
+    UPDATE deliveries AS d SET
+        status = o.status, attempts = o.attempts, next_attempt_at = o.next_attempt_at,
+        http_status = o.http_status, message = o.message, latency_ms = o.latency_ms,
+        first_attempt_at = COALESCE(d.first_attempt_at, o.first_attempt_at), updated_at = $1,
+        leased_until = 0, payload = CASE WHEN o.erase_payload THEN NULL ELSE d.payload END
+    FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[],
+                $8::float8[], $9::float8[], $10::bool[])
+        AS o (id, status, attempts, next_attempt_at, http_status, message, latency_ms,
+              first_attempt_at, erase_payload)
+    WHERE d.id = o.id
+    RETURNING d.id, d.status
+)
+UPDATE dedup_keys AS k SET created_at = $1
+FROM done WHERE k.delivery_id = done.id AND done.status = 'sent'
 """
 
 # Replicas prune at the same time: SKIP LOCKED lets each take its own batch. A pruned row's
@@ -274,29 +281,47 @@ ORDER BY d.id DESC
 LIMIT {limit}
 """
 
-# Replay, as in Store.requeue: not a row in flight, not one whose key another live delivery
-# took within 48 hours, of several rows of one key only the newest; and the replayed row takes
-# the key back, so a copy arriving after the replay is a duplicate of it.
-_REQUEUE: Final = f"""
-WITH picked AS (
-    SELECT MAX(d.id) AS id FROM deliveries AS d
-    {{where}} AND d.payload IS NOT NULL AND d.leased_until <= $1
-    AND NOT EXISTS (
-        SELECT 1 FROM deliveries AS o
-        WHERE o.destination = d.destination AND o.event_name = d.event_name
-          AND o.event_id = d.event_id AND o.id <> d.id AND o.created_at > $2
-          AND o.status IN {_LIVE})
-    GROUP BY d.destination, d.event_name, d.event_id
-), replayed AS (
-    UPDATE deliveries SET status = 'queued', next_attempt_at = $1, leased_until = 0,
-        updated_at = $1, message = 'replayed: ' || COALESCE(message, '')
-    WHERE id IN (SELECT id FROM picked)
-    RETURNING destination, event_name, event_id, id, created_at
+# Replay, as in Store.requeue, in three statements of one transaction: pick candidates (the
+# newest matching row of each key, not in flight); lock their dedup keys, so an ingest of the
+# same key on another replica either committed before (and the next statement sees its copy) or
+# waits for this one (and finds the replayed row holding the key, for 48 hours from now); then
+# re-queue those still eligible, with every condition checked again on the row itself.
+_REPLAY_CANDIDATES: Final = """
+SELECT DISTINCT ON (d.destination, d.event_name, d.event_id)
+       d.id, d.status, d.destination, d.event_name, d.event_id
+FROM deliveries AS d
+{where} AND d.payload IS NOT NULL AND d.leased_until <= $1
+ORDER BY d.destination, d.event_name, d.event_id, d.id DESC
+"""
+_REPLAY_LOCK_KEYS: Final = """
+WITH made AS (
+    INSERT INTO dedup_keys (destination, event_name, event_id, delivery_id, created_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[])
+    ON CONFLICT DO NOTHING
 )
-INSERT INTO dedup_keys AS k (destination, event_name, event_id, delivery_id, created_at)
-SELECT destination, event_name, event_id, id, created_at FROM replayed
-ON CONFLICT (destination, event_name, event_id) DO UPDATE
-    SET delivery_id = excluded.delivery_id, created_at = excluded.created_at
+SELECT 1 FROM dedup_keys AS k
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS q (destination, event_name, event_id)
+    USING (destination, event_name, event_id)
+ORDER BY k.destination, k.event_name, k.event_id
+FOR UPDATE OF k
+"""
+_REPLAY: Final = f"""
+WITH replayed AS (
+    UPDATE deliveries AS d SET status = 'queued', next_attempt_at = $1, leased_until = 0,
+        updated_at = $1, message = 'replayed: ' || COALESCE(d.message, '')
+    FROM unnest($3::bigint[], $4::text[]) AS c (id, status)
+    WHERE d.id = c.id AND d.status = c.status AND d.payload IS NOT NULL
+      AND d.leased_until <= $1
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries AS o
+          WHERE o.destination = d.destination AND o.event_name = d.event_name
+            AND o.event_id = d.event_id AND o.id <> d.id
+            AND (o.created_at > $2 OR o.updated_at > $2) AND o.status IN {_LIVE})
+    RETURNING d.destination, d.event_name, d.event_id, d.id
+)
+UPDATE dedup_keys AS k SET delivery_id = r.id, created_at = $1
+FROM replayed AS r
+WHERE (k.destination, k.event_name, k.event_id) = (r.destination, r.event_name, r.event_id)
 """
 
 _QUEUE_STATS: Final = """
@@ -712,10 +737,22 @@ class PgStore:
         one that would be sent twice: see Store.requeue)."""
         self._check_open()
         at = time.time() if now is None else now
-        params: list[Any] = [at, at - DEDUP_WINDOW_S]
-        sql = _REQUEUE.format(where=_where(query, params))
-        status = await self._write(lambda conn: conn.execute(sql, *params), transaction=False)
-        return _rowcount(status)
+        params: list[Any] = [at]
+        candidates_sql = _REPLAY_CANDIDATES.format(where=_where(query, params))
+
+        async def run(conn: Any) -> int:
+            candidates = await conn.fetch(candidates_sql, *params)
+            if not candidates:
+                return 0
+            keys = [[c[column] for c in candidates] for column in (2, 3, 4)]
+            ids = [c["id"] for c in candidates]
+            await conn.fetch(_REPLAY_LOCK_KEYS, *keys, ids, [at] * len(ids))
+            status = await conn.execute(
+                _REPLAY, at, at - DEDUP_WINDOW_S, ids, [c["status"] for c in candidates]
+            )
+            return _rowcount(status)
+
+        return await self._write(run)
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -202,3 +202,21 @@ async def test_a_big_group_is_written_off_the_loop_with_the_same_dedup(tmp_path:
             assert await cur.fetchone() == (store_module._ROWS_ON_LOOP + 3,)
     finally:
         await store.close()
+
+
+async def test_the_48_hours_count_from_the_last_send(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "s.sqlite3"))
+    try:
+        # Arrived over 48 hours ago, lay dead, was replayed and sent just now.
+        await store.add([event("late", at=time.time() - store_module.DEDUP_WINDOW_S - 60)])
+        await deliver_as(store, Status.DEAD)
+        assert await store.requeue(DeliveryQuery(statuses=("dead",))) == 1
+        await deliver_as(store, Status.SENT)
+        (copy,) = await store.add([event("late")])
+        assert (copy.queued, copy.duplicates) == (0, 1)
+        # Control: a copy of an event last handled over 48 hours ago is new.
+        await store.add([event("old", at=time.time() - store_module.DEDUP_WINDOW_S - 60)])
+        (fresh,) = await store.add([event("old")])
+        assert fresh.queued == 1
+    finally:
+        await store.close()

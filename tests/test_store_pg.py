@@ -26,7 +26,7 @@ from gateway.store import (
     Store,
     StoreClosed,
 )
-from gateway.store_pg import MIGRATIONS, PgStore
+from gateway.store_pg import _CLAIM, MIGRATIONS, PgStore
 
 
 def event(
@@ -314,6 +314,79 @@ async def test_replay_never_sends_an_event_twice(pg_url: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_48_hours_count_from_the_last_send(store: PgStore) -> None:
+    async def deliver_as(status: Status) -> None:
+        claimed = await store.claim("meta", 10, 60)
+        now = time.time()
+        await store.finish(
+            [Finished(c.id, status, 1, now, 200, "m", 1.0, now, False) for c in claimed]
+        )
+
+    # Arrived over 48 hours ago, lay dead, was replayed and sent just now.
+    await store.add([event("late", at=time.time() - DEDUP_WINDOW_S - 60)])
+    await deliver_as(Status.DEAD)
+    assert await store.requeue(DeliveryQuery(statuses=("dead",))) == 1
+    await deliver_as(Status.SENT)
+    [copy] = await store.add([event("late")])
+    assert (copy.queued, copy.duplicates) == (0, 1)
+    # Control: a copy of an event last handled over 48 hours ago is new.
+    await store.add([event("old", at=time.time() - DEDUP_WINDOW_S - 60)])
+    [fresh] = await store.add([event("old")])
+    assert fresh.queued == 1
+
+
+async def test_replay_waits_for_another_replicas_write_to_the_same_event(
+    store: PgStore, pg_url: str
+) -> None:
+    async def deliver_as(status: Status) -> None:
+        claimed = await store.claim("meta", 10, 60)
+        now = time.time()
+        await store.finish(
+            [Finished(c.id, status, 1, now, 401, "m", 1.0, now, False) for c in claimed]
+        )
+
+    other = await asyncpg.connect(pg_url)  # another replica, mid-transaction
+    try:
+        # A copy of a dead event being ingested: it has taken the key, not yet committed.
+        await store.add([event("k")])
+        await deliver_as(Status.DEAD)
+        event_row = await other.fetchval("SELECT event_row FROM deliveries WHERE event_id = 'k'")
+        async with other.transaction():
+            now = time.time()
+            copy = await other.fetchval(
+                "INSERT INTO deliveries (event_row, event_id, event_name, destination, status,"
+                " event_time, next_attempt_at, created_at, updated_at, payload)"
+                " VALUES ($1, 'k', 'page_view', 'meta', 'queued', $2, $3, $3, $3, '{}')"
+                " RETURNING id",
+                event_row,
+                int(now),
+                now,
+            )
+            await other.execute(
+                "UPDATE dedup_keys SET delivery_id = $1, created_at = $2 WHERE event_id = 'k'",
+                copy,
+                now,
+            )
+            replay = asyncio.create_task(store.requeue(DeliveryQuery(statuses=("dead",))))
+            await asyncio.sleep(0.3)
+            assert not replay.done()  # it waits for the key
+        assert await replay == 0
+        live = await store.deliveries(DeliveryQuery(statuses=("queued",), event_id="k"))
+        assert [row.id for row in live] == [copy]
+
+        # A failed delivery being claimed (leased) by another replica's open transaction.
+        await store.add([event("f")])
+        await deliver_as(Status.FAILED)
+        async with other.transaction():
+            now = time.time()
+            assert await other.fetch(_CLAIM, now + 60, "meta", now, 10)
+            replay = asyncio.create_task(store.requeue(DeliveryQuery(statuses=("failed",))))
+            await asyncio.sleep(0.3)
+        assert await replay == 0
+    finally:
+        await other.close()
 
 
 async def test_concurrent_claims_never_share_a_row(pg_url: str) -> None:
