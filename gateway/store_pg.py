@@ -151,29 +151,29 @@ SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'id')::regclass)
              FROM generate_series(1, $2::int))
 """
 
-# Dedup, step 1: take each key that is free or whose holder is older than the 48-hour window.
-# The key row is the lock: a replica inserting a key another has just inserted waits for that
-# transaction, then sees its committed row. The WHERE reads only the locked row itself, never
-# other tables: a subquery would run on this statement's snapshot and could miss a holder
-# committed a moment ago. Rows that stay with their holder are still locked until COMMIT.
+# Dedup, step 1: take each key that is free; lock each that is not (ON CONFLICT DO UPDATE locks
+# the row even where its WHERE is false). The key row is the lock: a replica inserting a key
+# another has just inserted waits for that transaction, then sees its committed row.
 _DEDUP_CLAIM: Final = """
 INSERT INTO dedup_keys AS k (destination, event_name, event_id, delivery_id, created_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[])
 ON CONFLICT (destination, event_name, event_id) DO UPDATE
     SET delivery_id = excluded.delivery_id, created_at = excluded.created_at
-    WHERE k.created_at <= $6
+    WHERE FALSE
 RETURNING k.destination, k.event_name, k.event_id
 """
-# Step 2, for the keys step 1 did not get: is the holder still live? A new statement, so a new
-# snapshot that sees every committed holder; the key rows stay locked by step 1.
+# Step 2, for the keys step 1 did not get: does the holder still block? A new statement, so a
+# new snapshot that sees every committed holder; the key rows stay locked by step 1. It blocks
+# while live and within 48 hours of arriving or of its last send, attempt or replay (as Store).
 _DEDUP_HOLDERS: Final = f"""
 SELECT k.destination, k.event_name, k.event_id, k.delivery_id,
-       COALESCE(d.status IN {_LIVE}, FALSE) AS live
+       COALESCE(d.status IN {_LIVE} AND (d.created_at > $4 OR d.updated_at > $4), FALSE)
 FROM unnest($1::text[], $2::text[], $3::text[]) AS q (destination, event_name, event_id)
 JOIN dedup_keys AS k USING (destination, event_name, event_id)
 LEFT JOIN deliveries AS d ON d.id = k.delivery_id
 """
-# Step 3: keys whose holder is dead, dropped or pruned pass to this group's first copy.
+# Step 3: keys whose holder no longer blocks (dead, dropped, pruned, past its 48 hours) pass to
+# this group's first copy.
 _DEDUP_TAKE_OVER: Final = """
 INSERT INTO dedup_keys AS k (destination, event_name, event_id, delivery_id, created_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[])
@@ -214,24 +214,17 @@ WHERE id IN (
 RETURNING id, payload, attempts, event_time, first_attempt_at
 """
 
-# A send restarts its key's 48 hours: the platform counts from when it got the event (SQLite's
-# dedup lookup reads the row's updated_at for the same reason).
 _FINISH: Final = """
-WITH done AS (
-    UPDATE deliveries AS d SET
-        status = o.status, attempts = o.attempts, next_attempt_at = o.next_attempt_at,
-        http_status = o.http_status, message = o.message, latency_ms = o.latency_ms,
-        first_attempt_at = COALESCE(d.first_attempt_at, o.first_attempt_at), updated_at = $1,
-        leased_until = 0, payload = CASE WHEN o.erase_payload THEN NULL ELSE d.payload END
-    FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[],
-                $8::float8[], $9::float8[], $10::bool[])
-        AS o (id, status, attempts, next_attempt_at, http_status, message, latency_ms,
-              first_attempt_at, erase_payload)
-    WHERE d.id = o.id
-    RETURNING d.id, d.status
-)
-UPDATE dedup_keys AS k SET created_at = $1
-FROM done WHERE k.delivery_id = done.id AND done.status = 'sent'
+UPDATE deliveries AS d SET
+    status = o.status, attempts = o.attempts, next_attempt_at = o.next_attempt_at,
+    http_status = o.http_status, message = o.message, latency_ms = o.latency_ms,
+    first_attempt_at = COALESCE(d.first_attempt_at, o.first_attempt_at), updated_at = $1,
+    leased_until = 0, payload = CASE WHEN o.erase_payload THEN NULL ELSE d.payload END
+FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[],
+            $8::float8[], $9::float8[], $10::bool[])
+    AS o (id, status, attempts, next_attempt_at, http_status, message, latency_ms,
+          first_attempt_at, erase_payload)
+WHERE d.id = o.id
 """
 
 # Replicas prune at the same time: SKIP LOCKED lets each take its own batch. A pruned row's
@@ -282,28 +275,17 @@ LIMIT {limit}
 """
 
 # Replay, as in Store.requeue, in three statements of one transaction: pick candidates (the
-# newest matching row of each key, not in flight); lock their dedup keys, so an ingest of the
-# same key on another replica either committed before (and the next statement sees its copy) or
-# waits for this one (and finds the replayed row holding the key, for 48 hours from now); then
-# re-queue those still eligible, with every condition checked again on the row itself.
+# newest matching row of each key, not in flight); lock their dedup keys with dedup step 1, in
+# the ingest's own order, so an ingest of the same key on another replica either committed
+# before (and the next statement sees its copy) or waits for this one (and finds the replayed
+# row holding the key); then re-queue those still eligible, every condition checked again on
+# the row itself. Keys before rows, as the ingest; finish touches rows only.
 _REPLAY_CANDIDATES: Final = """
 SELECT DISTINCT ON (d.destination, d.event_name, d.event_id)
        d.id, d.status, d.destination, d.event_name, d.event_id
 FROM deliveries AS d
 {where} AND d.payload IS NOT NULL AND d.leased_until <= $1
 ORDER BY d.destination, d.event_name, d.event_id, d.id DESC
-"""
-_REPLAY_LOCK_KEYS: Final = """
-WITH made AS (
-    INSERT INTO dedup_keys (destination, event_name, event_id, delivery_id, created_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[])
-    ON CONFLICT DO NOTHING
-)
-SELECT 1 FROM dedup_keys AS k
-JOIN unnest($1::text[], $2::text[], $3::text[]) AS q (destination, event_name, event_id)
-    USING (destination, event_name, event_id)
-ORDER BY k.destination, k.event_name, k.event_id
-FOR UPDATE OF k
 """
 _REPLAY: Final = f"""
 WITH replayed AS (
@@ -658,12 +640,13 @@ class PgStore:
         keys = sorted(firsts)
         cutoff = time.time() - DEDUP_WINDOW_S
         ours = [firsts[k][0] for k in keys], [firsts[k][1] for k in keys]
-        won = await conn.fetch(_DEDUP_CLAIM, *_columns(keys), *ours, cutoff)
+        won = await conn.fetch(_DEDUP_CLAIM, *_columns(keys), *ours)
         holders = {k: firsts[k][0] for k in (tuple(r) for r in won)}
         lost = [k for k in keys if k not in holders]
         if not lost:
             return holders
-        for dest, name, event_id, holder, live in await conn.fetch(_DEDUP_HOLDERS, *_columns(lost)):
+        blocking = await conn.fetch(_DEDUP_HOLDERS, *_columns(lost), cutoff)
+        for dest, name, event_id, holder, live in blocking:
             if live:
                 holders[(dest, name, event_id)] = int(holder)
         # Holders that are dead, dropped or pruned no longer block (as in Store).
@@ -744,11 +727,12 @@ class PgStore:
             candidates = await conn.fetch(candidates_sql, *params)
             if not candidates:
                 return 0
-            keys = [[c[column] for c in candidates] for column in (2, 3, 4)]
-            ids = [c["id"] for c in candidates]
-            await conn.fetch(_REPLAY_LOCK_KEYS, *keys, ids, [at] * len(ids))
+            by_key = {(c[2], c[3], c[4]): c for c in candidates}
+            keys = sorted(by_key)  # the order _hold_keys locks in
+            ids = [by_key[k]["id"] for k in keys]
+            await conn.fetch(_DEDUP_CLAIM, *_columns(keys), ids, [at] * len(keys))
             status = await conn.execute(
-                _REPLAY, at, at - DEDUP_WINDOW_S, ids, [c["status"] for c in candidates]
+                _REPLAY, at, at - DEDUP_WINDOW_S, ids, [by_key[k]["status"] for k in keys]
             )
             return _rowcount(status)
 

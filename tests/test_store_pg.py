@@ -331,6 +331,11 @@ async def test_the_48_hours_count_from_the_last_send(store: PgStore) -> None:
     await deliver_as(Status.SENT)
     [copy] = await store.add([event("late")])
     assert (copy.queued, copy.duplicates) == (0, 1)
+    # Arrived over 48 hours ago and still being retried: a copy is a duplicate.
+    await store.add([event("retried", at=time.time() - DEDUP_WINDOW_S - 60)])
+    await deliver_as(Status.FAILED)
+    [retried] = await store.add([event("retried")])
+    assert (retried.queued, retried.duplicates) == (0, 1)
     # Control: a copy of an event last handled over 48 hours ago is new.
     await store.add([event("old", at=time.time() - DEDUP_WINDOW_S - 60)])
     [fresh] = await store.add([event("old")])
