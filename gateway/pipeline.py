@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -170,25 +170,31 @@ class Pipeline:
         return task.result() if done else None  # not done: the write goes on without us
 
 
+# Typed custom fields of free text, where a shop or a visitor may type an address.
+_FREE_TEXT: Final = ("search_string", "content_name", "content_category", "page_title")
+
+
 def _without_personal_extras(event: Event) -> Event:
     """The event without free-form custom fields that hold personal data (`custom.email`, a
-    note quoting an address): those have no hashing rule, so they would reach the disk and the
+    search for an address): those have no hashing rule, so they would reach the disk and the
     platforms in plain text. Dropped, and logged by name only."""
-    extra = event.custom.extra
-    if not extra:
-        return event
-    personal = [key for key, value in extra.items() if pii.personal_field(key, value)]
-    if not personal:
+    custom = event.custom
+    personal = [
+        f"custom.{key}" for key, value in custom.extra.items() if pii.personal_field(key, value)
+    ]
+    texts = [name for name in _FREE_TEXT if pii.holds_email(getattr(custom, name))]
+    if not personal and not texts:
         return event
     log.warning(
         "event.personal_data_dropped",
         source=event.source,
         event_id=event.event_id,
-        fields=[f"custom.{key}"[:64] for key in personal],
+        fields=[name[:64] for name in personal] + [f"custom.{name}" for name in texts],
         note="send personal data in `user`, where it is hashed",
     )
-    kept = {key: value for key, value in extra.items() if key not in personal}
-    return dataclasses.replace(event, custom=dataclasses.replace(event.custom, extra=kept))
+    kept = {k: v for k, v in custom.extra.items() if f"custom.{k}" not in personal}
+    cleared: dict[str, Any] = dict.fromkeys(texts)
+    return dataclasses.replace(event, custom=dataclasses.replace(custom, extra=kept, **cleared))
 
 
 def _dropped(dest: Destination, event: Event, status: Status, reason: str) -> NewDelivery:

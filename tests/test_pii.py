@@ -29,6 +29,11 @@ from gateway.pii import personal_field
         ("customer", {"phone": "+1 (415) 555-0100"}),
         ("jane@example.com", "a key that is an address"),
         ("deep", {"a": {"b": {"c": {"d": {"e": "jane@example.com"}}}}}),
+        ("avatar", "https://img.example/u/jane@example.com.png"),
+        ("phone", "+44 20 7946 0958 ext. 1234"),
+        ("user_id", "u-123"),
+        ("customerEmail", "jane@example.com"),
+        ("firstName", "Jane"),
     ],
 )
 def test_personal(key: str, value: object) -> None:
@@ -51,6 +56,14 @@ def test_personal(key: str, value: object) -> None:
         ("image", "sku-1@2x.jpg"),
         ("phone_model", "iPhone 15"),
         ("email_campaign", "summer_sale"),
+        ("hotel_id", "1234567"),
+        ("telemetry_id", "1234567"),
+        ("smartphone_ean", "4006381333931"),
+        ("mobile_app_version", "12.3.4567"),
+        ("streetwear_collection", "Summer"),
+        ("birthday_coupon", "BDAY10"),
+        ("gzip", "1"),
+        ("retina", "sku@2x.heic"),
         ("contents", [{"id": "sku-1", "image": "https://cdn.example/sku-1@2x.png"}]),
     ],
 )

@@ -230,6 +230,7 @@ sources:
                             "customer_email": "jane@example.com",
                             "note": "ship to jane@example.com",
                             "coupon": "SUMMER",
+                            "search_string": "orders of jane@example.com",
                         },
                     }
                 ]
@@ -252,5 +253,8 @@ sources:
         assert needle not in disk, needle
         assert needle not in sent, needle
     dropped = [line["fields"] for line in logs if line["event"] == "event.personal_data_dropped"]
-    assert dropped == [["custom.email"], ["custom.customer_email", "custom.note"]]
+    assert dropped == [
+        ["custom.email"],
+        ["custom.customer_email", "custom.note", "custom.search_string"],
+    ]
     assert "jane@example.com" not in repr(logs)
