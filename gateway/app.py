@@ -183,7 +183,7 @@ def _cookie_vendors(config: Config, send_to: Sequence[str]) -> tuple[str, ...]:
     """Vendors whose first-party cookies a source's answers refresh: those its events go to
     (a GA4 hit routed to Meta gets `_fbp` and `_fbc` too)."""
     vendors = {destination_types.TYPES[config.destinations[d].type].vendor for d in send_to}
-    return tuple(sorted(v for v in vendors if v in ("meta", "tiktok")))
+    return tuple(sorted(v for v in vendors if v in cookies.VENDORS))
 
 
 async def _scripts(app: web.Application) -> AsyncIterator[None]:

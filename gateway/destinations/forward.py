@@ -38,6 +38,7 @@ from gateway.hashing import already_hashed, hash_normalized, sha256_hex
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import json_or_text
 from gateway.sources.forms import form_pairs
+from gateway.sources.meta_pixel import USER_KEYS
 from gateway.sources.tiktok_pixel import decode_message
 
 Vendor = Literal["ga4", "meta", "tiktok"]
@@ -95,19 +96,6 @@ def _rewrite_form(text: str, rewrite: Rewrite) -> str | None:
 
 
 _META_PARAM: Final = re.compile(r"(?:ud|udff)\[(\w+)\]")
-_META_FIELDS: Final = {
-    "em": "email",
-    "ph": "phone",
-    "fn": "first_name",
-    "ln": "last_name",
-    "ge": "gender",
-    "db": "date_of_birth",
-    "ct": "city",
-    "st": "state",
-    "zp": "zip",
-    "country": "country",
-    "external_id": "external_id",
-}
 
 
 _META_CUSTOM: Final = re.compile(r"cd\[(.+)\]")
@@ -123,7 +111,7 @@ def _meta_rewrite(key: str, value: str) -> str | None:
     match = _META_PARAM.fullmatch(key)
     if match is None or not value.strip() or already_hashed(value.strip()) is not None:
         return value
-    field = _META_FIELDS.get(match[1])
+    field = USER_KEYS.get(match[1])
     if field is None:
         return value
     hashed: str | None = meta_user_data(User(**{field: value})).get(match[1])

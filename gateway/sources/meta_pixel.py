@@ -30,8 +30,8 @@ from gateway.sources.forms import form_pairs
 GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 """The 1×1 transparent GIF Meta answers image hits with."""
 
-# `ud[k]` key → canonical user field.
-_USER_KEYS: Final = {
+# `ud[k]` key → canonical user field (the forward destination reads them too).
+USER_KEYS: Final = {
     "em": "email",
     "ph": "phone",
     "fn": "first_name",
@@ -151,7 +151,7 @@ class MetaPixel(Source):
 
         bracketed = _split(params)
         user_fields: dict[str, str] = {}
-        for key, field in _USER_KEYS.items():
+        for key, field in USER_KEYS.items():
             if found := bracketed.user.get(key) or bracketed.user_form.get(key):
                 user_fields[field] = found
         received_ms = int(hit.received_at * 1000)
