@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
@@ -121,6 +121,10 @@ class Custom:
     search_string: str | None = None
     page_title: str | None = None
     extra: Mapping[str, JSON] = field(default_factory=dict)
+
+
+CUSTOM_FIELDS: Final = frozenset(f.name for f in fields(Custom)) - {"extra"}
+"""The typed `custom` fields; any other key of a canonical `custom` lives in `extra`."""
 
 
 @dataclass(frozen=True, slots=True)

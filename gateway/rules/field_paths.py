@@ -9,13 +9,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
 
 import pycountry
 
-from gateway.event import ACTION_SOURCES, USER_FIELDS, Custom, Event
+from gateway.event import ACTION_SOURCES, CUSTOM_FIELDS, USER_FIELDS, Event
 from gateway.sources.coerce import decimal_or_none
 
 MAX_TEXT: Final = 4096
@@ -37,7 +37,6 @@ _PROTECTED: Final = {
     "event_name": "use rename_event",
     "event_time": "it is when the source saw the event",
 }
-_CUSTOM_FIELDS: Final = frozenset(f.name for f in fields(Custom)) - {"extra"}
 _CUSTOM_TEXT: Final = frozenset(
     {"order_id", "content_type", "content_name", "content_category", "search_string", "page_title"}
 )
@@ -75,7 +74,7 @@ def parse_path(text: str, *, setting: bool) -> FieldPath:
     if head == "user" and rest in USER_FIELDS:
         return FieldPath(Section.USER, rest)
     if head == "custom" and rest and "." not in rest:
-        if rest in _CUSTOM_FIELDS:
+        if rest in CUSTOM_FIELDS:
             if setting and rest == "contents":
                 raise PathError("'custom.contents' cannot be set, only dropped")
             return FieldPath(Section.CUSTOM, rest)

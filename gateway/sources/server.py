@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr
 
 from gateway.event import (
     ACTION_SOURCES,
+    CUSTOM_FIELDS,
     PURPOSES,
     USER_FIELDS,
     Consent,
@@ -106,21 +107,6 @@ _EVENT_KEYS: Final = frozenset(
         "user",
         "custom",
         "consent",
-    }
-)
-_CUSTOM_TYPED: Final = frozenset(
-    {
-        "value",
-        "currency",
-        "order_id",
-        "contents",
-        "content_ids",
-        "content_type",
-        "content_name",
-        "content_category",
-        "num_items",
-        "search_string",
-        "page_title",
     }
 )
 
@@ -227,7 +213,7 @@ def _custom(raw: object) -> Custom:
         num_items=int_or_none(num_items),
         search_string=_text(custom.get("search_string"), "custom.search_string"),
         page_title=_text(custom.get("page_title"), "custom.page_title"),
-        extra={k: v for k, v in custom.items() if k not in _CUSTOM_TYPED and v is not None},
+        extra={k: v for k, v in custom.items() if k not in CUSTOM_FIELDS and v is not None},
     )
 
 
