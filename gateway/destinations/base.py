@@ -11,12 +11,13 @@ import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import ClassVar
 
 import orjson
 
-from gateway.event import JSON, Event
+from gateway.event import JSON, Content, Event, json_number
 from gateway.settings import DestinationSettings
 
 
@@ -167,6 +168,23 @@ class Destination(ABC):
 
 MAX_RETRY_AFTER_S = 3600.0
 """The longest Retry-After honoured; past it the next try comes after an hour."""
+
+
+def line_items(contents: Sequence[Content], keys: Mapping[str, str]) -> list[dict[str, JSON]]:
+    """The canonical contents in a platform's keys (`keys`: `Content` field → the platform's
+    key, in the order to write them, as `coerce.contents_from` reads them), unset fields left
+    out, prices as JSON numbers."""
+    rows: list[dict[str, JSON]] = []
+    for item in contents:
+        row: dict[str, JSON] = {}
+        for name, key in keys.items():
+            value = getattr(item, name)
+            if isinstance(value, Decimal):
+                value = json_number(value)
+            if value is not None:
+                row[key] = value
+        rows.append(row)
+    return rows
 
 
 def shown_url(url: str) -> str:

@@ -27,6 +27,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    line_items,
     shown_url,
 )
 from gateway.event import JSON, ConsentState, Event, User, json_number
@@ -201,6 +202,16 @@ def _scalar(value: object) -> bool:
     return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
+_ITEM_KEYS: Final = {
+    "id": "item_id",
+    "name": "item_name",
+    "item_price": "price",
+    "quantity": "quantity",
+    "brand": "item_brand",
+    "category": "item_category",
+}
+
+
 def _items(event: Event) -> list[dict[str, JSON]]:
     """`items[]`: a GA4 hit's own items when it had them (every item field kept), else the
     canonical contents."""
@@ -212,21 +223,9 @@ def _items(event: Event) -> list[dict[str, JSON]]:
             if isinstance(item, dict)
         ]
     else:
-        rows = [
-            {
-                k: v
-                for k, v in (
-                    ("item_id", c.id),
-                    ("item_name", c.name),
-                    ("price", json_number(c.item_price)),
-                    ("quantity", c.quantity),
-                    ("item_brand", c.brand),
-                    ("item_category", c.category),
-                )
-                if v is not None
-            }
-            for c in event.custom.contents
-        ] or [{"item_id": i} for i in event.custom.content_ids]
+        rows = line_items(event.custom.contents, _ITEM_KEYS) or [
+            {"item_id": i} for i in event.custom.content_ids
+        ]
     if len(rows) > MAX_ITEMS:
         log.warning("ga4.items_dropped", event_id=event.event_id, items=len(rows), limit=MAX_ITEMS)
     return [

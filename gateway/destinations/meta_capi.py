@@ -22,6 +22,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    line_items,
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
@@ -127,22 +128,14 @@ def meta_user_data(user: User) -> dict[str, str]:
     return out
 
 
+_CONTENT_KEYS: Final = {"id": "id", "quantity": "quantity", "item_price": "item_price"}
+
+
 def meta_custom_data(event: Event) -> dict[str, JSON]:
     """`custom_data` from the canonical `custom` (platforms.md §4.3)."""
     custom = event.custom
     data: dict[str, JSON] = dict(custom.extra)
-    contents = [
-        {
-            k: v
-            for k, v in (
-                ("id", c.id),
-                ("quantity", c.quantity),
-                ("item_price", json_number(c.item_price)),
-            )
-            if v is not None
-        }
-        for c in custom.contents
-    ]
+    contents = line_items(custom.contents, _CONTENT_KEYS)
     content_ids = list(custom.content_ids) or [c.id for c in custom.contents]
     fields: dict[str, JSON] = {
         "value": json_number(custom.value),

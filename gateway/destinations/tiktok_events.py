@@ -22,6 +22,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    line_items,
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
@@ -86,24 +87,22 @@ def tiktok_user(user: User) -> dict[str, str]:
     return out
 
 
+_CONTENT_KEYS: Final = {
+    "id": "content_id",
+    "name": "content_name",
+    "item_price": "price",
+    "quantity": "quantity",
+    "brand": "brand",
+    "category": "content_category",
+}
+
+
 def tiktok_properties(event: Event) -> dict[str, JSON]:
     """`properties` from the canonical `custom` (platforms.md §4.3)."""
     custom = event.custom
-    contents = [
-        {
-            k: v
-            for k, v in (
-                ("content_id", c.id),
-                ("content_name", c.name),
-                ("price", json_number(c.item_price)),
-                ("quantity", c.quantity),
-                ("brand", c.brand),
-                ("content_category", c.category),
-            )
-            if v is not None
-        }
-        for c in custom.contents
-    ] or [{"content_id": i} for i in custom.content_ids]
+    contents = line_items(custom.contents, _CONTENT_KEYS) or [
+        {"content_id": i} for i in custom.content_ids
+    ]
     fields: dict[str, JSON] = {
         "currency": custom.currency.upper() if custom.currency else None,
         "value": json_number(custom.value),
