@@ -283,7 +283,7 @@ async def _ingest(
     for event in events:
         custom = event.custom
         if custom.value is not None and not known_currency(custom.currency):
-            # Contract §5: an error on the server API, a logged warning on a browser hit.
+            # docs/http.md §4: an error on the server API, a logged warning on a browser hit.
             log.warning(
                 "hit.value_without_currency",
                 source=source.name,

@@ -1,4 +1,4 @@
-"""The `tag-gateway` command line (contract §2)."""
+"""The `tag-gateway` command line (docs/operations.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The client's IP address behind trusted proxies (contract §3)."""
+"""The client's IP address behind trusted proxies (docs/http.md §1)."""
 
 from __future__ import annotations
 

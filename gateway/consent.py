@@ -1,8 +1,7 @@
 """Consent: decode the signals a hit carries and resolve them into the four purposes.
 
 Pure functions, no I/O and no logging: what is worth a log line (a gcd anomaly, why a TC string
-is invalid) is returned for the caller to log. Section numbers refer to `consent.md` unless they
-say `contract`.
+is invalid) is returned for the caller to log. Section numbers refer to `docs/consent.md`.
 """
 
 from __future__ import annotations
@@ -523,7 +522,7 @@ def tcf_states(tc: TCString) -> dict[str, ConsentState | None]:
     }
 
 
-# --- Precedence (§7, contract §7) --------------------------------------------------------------
+# --- Precedence (§7) --------------------------------------------------------------
 
 _EXPLICIT_VALUES: Final = {"granted": GRANTED, "denied": DENIED}
 
@@ -601,7 +600,7 @@ def resolve(
         decide(purpose, fallback, Basis.DEFAULT)
 
     # Override: GPC is a binding opt-out, not a preference, so it beats even an explicit grant
-    # (contract §7, §4). analytics_storage is untouched.
+    # (docs/consent.md §4). analytics_storage is untouched.
     if honor_gpc and signals.get("gpc") == "1":
         for purpose in AD_PURPOSES:
             states[purpose] = DENIED
@@ -616,7 +615,7 @@ def resolve(
     )
 
 
-# --- on_denied: limited (contract §7) ----------------------------------------------------------
+# --- on_denied: limited (docs/consent.md §7) ------------------------------------------------------
 
 # Every field hashed before storage counts as an identifier, address fields included: the
 # contract strips "hashed personal data", and city + zip + date of birth narrow a person down.
@@ -643,7 +642,7 @@ _IPV6_PREFIX: Final = 48
 
 
 def truncate_ip(ip: str | None) -> str | None:
-    """IPv4 to its /24, IPv6 to its /48 (contract §7); None when it is not an address.
+    """IPv4 to its /24, IPv6 to its /48 (docs/consent.md §7); None when it is not an address.
 
     An IPv4-mapped IPv6 address is treated as the IPv4 address it carries.
     """
@@ -676,7 +675,7 @@ def strip_click_ids(url: str | None) -> str | None:
 
 
 def limited(event: Event) -> Event:
-    """The event stripped of identifiers, for `on_denied: limited` (contract §7).
+    """The event stripped of identifiers, for `on_denied: limited` (docs/consent.md §7).
 
     Cleared: hashed personal data (address fields included), external_id, fbp/fbc/ttp and click
     IDs, and the raw hit (a `forward` destination would resend every identifier in it).

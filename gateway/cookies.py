@@ -2,8 +2,9 @@
 
 Pure: `plan()` reads the request's cookies and page URL and decides, once per request, which value
 of each ID the events use and which `Set-Cookie` headers the answer carries. Server-set cookies on
-the shop's registrable domain outlive the 7-day cap Safari puts on script-set ones (contract §3).
-Formats are in platforms.md §1.3 (Meta) and §3.3 (TikTok).
+the shop's registrable domain outlive the 7-day cap Safari puts on script-set ones
+(docs/http.md §1).
+Formats are in docs/platforms.md §1.3 (Meta) and §3.3 (TikTok).
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ USER_FIELDS: Final[Mapping[str, str]] = {FBP: "fbp", FBC: "fbc", TTP: "ttp", TTC
 VENDORS: Final = ("meta", "tiktok")
 """The vendors whose IDs `plan()` knows; destinations name theirs the same way."""
 
-# platforms.md §1.3: `fb`, a decimal index, a 13-digit ms timestamp, a payload without dots,
+# docs/platforms.md §1.3: `fb`, a decimal index, a 13-digit ms timestamp, a payload without dots,
 # then optionally one 2- or 8-char appendix written by Meta's Parameter Builder. The payload is
 # held to `[A-Za-z0-9_-]` (digits for fbp, the click ID for fbc) so a kept value can be set again
 # byte for byte: anything outside the cookie-safe set would come back quoted.
 _META_ID: Final = re.compile(
     r"fb\.(\d{1,2})\.(\d{13})\.([A-Za-z0-9_-]{1,1024})(?:\.(?:[A-Za-z0-9_-]{2}|[A-Za-z0-9_-]{8}))?"
 )
-# Meta click IDs are base64url-like; `-` and `_` must be accepted (platforms.md §1.3).
+# Meta click IDs are base64url-like; `-` and `_` must be accepted (docs/platforms.md §1.3).
 _FBCLID: Final = re.compile(r"[A-Za-z0-9_-]{1,1024}")
-# TikTok's `_ttp` and `ttclid` formats are undocumented (platforms.md §3.1, §3.3). Observed values
+# TikTok's `_ttp` and `ttclid` formats are undocumented (docs/platforms.md §3.1, §3.3).
+# Observed values
 # are url-safe letters and digits, with dots (`E.C.P.…` click IDs, `….tt.1` visitor IDs). Only
 # values a cookie holds unquoted are accepted, so a renewed cookie is the same bytes.
 _TIKTOK_ID: Final = re.compile(r"[A-Za-z0-9._~+-]{1,1024}")
@@ -102,7 +104,7 @@ def subdomain_index(domain: str) -> int:
 
 
 def valid_meta_id(value: str) -> bool:
-    """True for an `_fbp`/`_fbc` value of the shape in platforms.md §1.3 (appendix allowed)."""
+    """True for an `_fbp`/`_fbc` value of the shape in docs/platforms.md §1.3 (appendix allowed)."""
     return _META_ID.fullmatch(value) is not None
 
 
@@ -121,7 +123,8 @@ def plan(
       missing or invalid one is replaced by `fb.<subdomainIndex>.<now_ms>.<10 random digits>`.
     - `_fbc`: written only when the page URL carries a `fbclid` and the cookie is missing, invalid
       or holds a different click ID (the new click wins): `fb.<subdomainIndex>.<now_ms>.<fbclid>`.
-      A cookie for the same click is kept and not renewed: platforms.md §1.3 has the gateway set
+      A cookie for the same click is kept and not renewed: docs/platforms.md §1.3 has the gateway
+      set
       `_fbc` "only when the cookie is missing or its click ID differs", so its lifetime counts
       from the click.
     - `_ttp`: kept and renewed like `_fbp`, else 27 random url-safe characters (`TTP_LENGTH`).

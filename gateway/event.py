@@ -33,7 +33,8 @@ ACTION_SOURCES: Final = frozenset(
     }
 )
 
-# Fields that identify a person and are hashed before anything is stored (contract §5, §8).
+# Fields that identify a person and are hashed before anything is stored
+# (docs/http.md §4, docs/operations.md §5).
 HASHED_USER_FIELDS: Final = (
     "email",
     "phone",
@@ -129,7 +130,7 @@ CUSTOM_FIELDS: Final = frozenset(f.name for f in fields(Custom)) - {"extra"}
 
 @dataclass(frozen=True, slots=True)
 class Consent:
-    """The four purposes of contract §7, each resolved or None (no signal)."""
+    """The four purposes of docs/consent.md §7, each resolved or None (no signal)."""
 
     ad_storage: ConsentState | None = None
     analytics_storage: ConsentState | None = None
@@ -162,7 +163,7 @@ class RawHit:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One canonical event (contract §5)."""
+    """One canonical event (docs/http.md §4)."""
 
     event_id: str
     event_name: str

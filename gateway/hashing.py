@@ -1,4 +1,4 @@
-"""SHA-256 for match keys, and recognizing values that are hashed already (contract §5)."""
+"""SHA-256 for match keys, and recognizing values that are hashed already (docs/http.md §4)."""
 
 from __future__ import annotations
 

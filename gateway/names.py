@@ -1,4 +1,4 @@
-"""Canonical event names to and from each platform's names (platforms.md §4.2).
+"""Canonical event names to and from each platform's names (docs/platforms.md §4.2).
 
 One table, read in both directions. A name not in it passes through unchanged.
 """
@@ -53,5 +53,5 @@ def from_canonical(vendor: str, name: str) -> str:
 
 
 def is_known(name: str) -> bool:
-    """True for the canonical names of contract §5."""
+    """True for the canonical names of docs/http.md §4."""
     return name in _TABLE

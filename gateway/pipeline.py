@@ -27,7 +27,7 @@ from gateway.store import Added, NewDelivery, NewEvent, Status
 
 log = structlog.get_logger("gateway.pipeline")
 
-# Match keys counted by the report (contract §8), one bit each.
+# Match keys counted by the report (docs/operations.md §5), one bit each.
 MATCH_KEYS: Final = ("email", "phone", "external_id", "fbp", "fbc", "ip_ua")
 
 
@@ -63,7 +63,7 @@ class Pipeline:
         self._resolved: dict[tuple[object, ...], tuple[Consent, str]] = {}
 
     def resolve_consent(self, event: Event) -> Event:
-        """The four purposes from every signal the event carries (consent.md §7)."""
+        """The four purposes from every signal the event carries (docs/consent.md §7)."""
         return self._resolve(event)[0]
 
     def _resolve(self, event: Event) -> tuple[Event, str]:

@@ -1,7 +1,7 @@
 """The release report: volumes, dedup, drops and match-key coverage beside a comparison window.
 
 The habit it serves: after every release, compare a fixed window with the one before it, and
-fail the deploy when tracking fell (contract §8, `tag-gateway report`).
+fail the deploy when tracking fell (docs/operations.md §5, `tag-gateway report`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A script served from the shop's own subdomain loads where a blocklist of vendor hosts would stop
 it, and its `rewrite:` pairs can point its hits at the gateway. Only the configured paths are
 proxied, and only to their configured upstreams: the request contributes its query string and
-nothing else (no open proxy, contract §4).
+nothing else (no open proxy, docs/configuration.md).
 
 The cache keeps the last good copy of every variant (path + query). After `ttl` a request still
 gets the cached copy at once while one background fetch per variant revalidates it against the

@@ -37,7 +37,7 @@ class Retry(StrictModel):
 
 
 class DestinationSettings(StrictModel):
-    """Keys every destination takes (contract §4)."""
+    """Keys every destination takes (docs/configuration.md)."""
 
     type: str
     events: tuple[str, ...] | None = None

@@ -74,7 +74,7 @@ async def next_group(queue: asyncio.Queue[Q | None], limit: int) -> tuple[list[Q
 
 
 class Status(StrEnum):
-    """A delivery row's state (contract §8)."""
+    """A delivery row's state (docs/operations.md §5)."""
 
     QUEUED = "queued"
     SENT = "sent"

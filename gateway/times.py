@@ -1,4 +1,5 @@
-"""Times on the command line: ISO 8601 timestamps or durations back from now (contract §2)."""
+"""Times on the command line: ISO 8601 timestamps or durations back from now
+(docs/operations.md §3)."""
 
 from __future__ import annotations
 

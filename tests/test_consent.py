@@ -1,4 +1,4 @@
-"""Consent signals and their precedence (consent.md §2, §3, §7; contract §7)."""
+"""Consent signals and their precedence (docs/consent.md §2, §3, §7)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from gateway.event import PURPOSES, Consent, ConsentState, Custom, Event, RawHit
 G = ConsentState.GRANTED
 D = ConsentState.DENIED
 
-# The spec's worked example (consent.md §3.2).
+# The spec's worked example (docs/consent.md §3.2).
 GOLDEN_TC = "CQSbk4AQSbk4ANwAAAENAwCgAAAAAAAAAAYgACPAAAAA.IDKQA4AAgAKAGQAygAAA.YAAAAAAAAAAA"
 GOOGLE = 755  # Google Advertising Products in the GVL
 
@@ -742,7 +742,7 @@ def test_regression_meta_tag_must_not_fire_on_ad_storage_denied(
     gcs: str, analytics: ConsentState
 ) -> None:
     # stape-io/facebook-tag#65: a Meta server tag fired on gcs=G100 (positions read reversed).
-    # meta_capi requires ad_storage + ad_user_data (consent.md §7, recommendation).
+    # meta_capi requires ad_storage + ad_user_data (docs/consent.md §7, recommendation).
     c = consent(gcs=gcs, default="granted")
     assert c.ad_storage is D
     assert c.analytics_storage is analytics
@@ -756,7 +756,7 @@ def test_every_basis_value_is_a_known_level() -> None:
     assert set(c.basis.values()) <= known
 
 
-# --- on_denied: limited (contract §7) ----------------------------------------------------------
+# --- on_denied: limited (docs/consent.md §7) ------------------------------------------------------
 
 FULL_USER = User(
     email="jane@example.com",

@@ -1,4 +1,5 @@
-"""First-party cookies: `_fbp`, `_fbc`, `_ttp`, `ttclid` (platforms.md §1.3, §3.3; contract §3)."""
+"""First-party cookies: `_fbp`, `_fbc`, `_ttp`, `ttclid` (docs/platforms.md §1.3, §3.3;
+docs/http.md §1)."""
 
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def test_same_click_keeps_fbc_and_does_not_rewrite_it() -> None:
     existing = f"fb.1.1554763741205.{FBCLID}.AQ"
     result = make({FBC: existing}, url=f"https://shop.example/?fbclid={FBCLID}")
     assert result.values[FBC] == existing
-    # platforms.md §1.3: set "only when the cookie is missing or its click ID differs".
+    # docs/platforms.md §1.3: set "only when the cookie is missing or its click ID differs".
     assert cookie(result, FBC) is None
 
 

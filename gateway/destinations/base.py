@@ -110,7 +110,7 @@ class Destination(ABC):
     max_age_s: ClassVar[int | None] = None
     """Events older than this are never sent (the platform would refuse them)."""
     default_requires: ClassVar[tuple[str, ...]] = ()
-    """Consent purposes this platform needs when the config says nothing (consent.md §7)."""
+    """Consent purposes this platform needs when the config says nothing (docs/consent.md §7)."""
     can_limit: ClassVar[bool] = True
     """False where `on_denied: limited` cannot apply: the event is dropped instead."""
     sends: ClassVar[bool] = True
@@ -208,7 +208,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 
 def classify_by_status(answer: Answer, message: str | None = None) -> Result:
-    """The fallback when a platform gives no code of its own (contract §8).
+    """The fallback when a platform gives no code of its own (docs/operations.md §5).
 
     408, 429, 5xx, timeouts and connection errors are transient; other 4xx are final.
     """

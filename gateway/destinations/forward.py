@@ -150,7 +150,8 @@ def _ga4_rewrite(key: str, value: str) -> str | None:
     if free is not None:  # `ep.email=…`: personal data with no hashing rule goes
         return None if pii.personal_field(free[1], value) else value
     if key == "uid":
-        # The user ID is the shop's external_id: never on disk in plain text (contract §8).
+        # The user ID is the shop's external_id: never on disk in plain text
+        # (docs/operations.md §5).
         return already_hashed(value.strip()) or sha256_hex(value.strip())
     if key != "em":
         return value
@@ -170,7 +171,7 @@ _TIKTOK_USER: Final[dict[str, Callable[[str], str | None]]] = {
     "email": pii.email,
     "phone_number": tiktok_phone(None),
     "phone": tiktok_phone(None),
-    "external_id": tiktok_lower,  # seen raw in real hits (platforms.md §3.1)
+    "external_id": tiktok_lower,  # seen raw in real hits (docs/platforms.md §3.1)
 }
 
 
@@ -254,7 +255,7 @@ def scrubbed(raw: RawHit, line: int | None = None) -> tuple[str, bytes] | Reject
             return Rejected("forward: the hit's body carries plain-text personal data")
     elif raw.vendor == "ga4":
         query = _rewrite_form(query, _ga4_rewrite) or query
-        # One event per non-blank body line, each a urlencoded list (platforms.md §2.1).
+        # One event per non-blank body line, each a urlencoded list (docs/platforms.md §2.1).
         lines = [t for t in body.decode("utf-8", "replace").split("\n") if t.strip()]
         if line is not None and 0 <= line < len(lines):
             lines = [lines[line].strip()]

@@ -1,6 +1,7 @@
 """GA4 Measurement Protocol: events to `{endpoint}/mp/collect?measurement_id=…&api_secret=…`.
 
-Payload, limits and Google's hashing rules: platforms.md §2.2 and §2.3. GA4 answers 2xx to every
+Payload, limits and Google's hashing rules: docs/platforms.md §2.2 and §2.3. GA4 answers
+2xx to every
 request it receives, even one it drops, so there is no per-event error to classify; `tag-gateway
 validate` asks the debug endpoint instead.
 """
@@ -42,7 +43,7 @@ MAX_EVENTS: Final = 25
 MAX_PARAMS: Final = 25
 MAX_ITEMS: Final = 200
 MAX_BODY_BYTES: Final = 130_000
-"""GA4 refuses bodies of 130 kB and more (platforms.md §2.2)."""
+"""GA4 refuses bodies of 130 kB and more (docs/platforms.md §2.2)."""
 DEFAULT_VALUE_LIMIT: Final = 100
 # GA4's collection limits allow these three page parameters more than the usual 100 characters
 # (https://support.google.com/analytics/answer/9267744; unverified that MP applies the same).
@@ -78,7 +79,7 @@ class Ga4MpSettings(DestinationSettings):
         return (self.api_secret,)
 
 
-# --- normalization (platforms.md §2.3) -------------------------------------------------------
+# --- normalization (docs/platforms.md §2.3) -------------------------------------------------------
 
 
 def _lower(raw: str) -> str:
@@ -180,7 +181,7 @@ def client_id_for(event: Event) -> str:
     return f"{int(digest[:8], 16)}.{int(digest[8:16], 16)}"
 
 
-# --- parameters (platforms.md §2.2, §4.3) ----------------------------------------------------
+# --- parameters (docs/platforms.md §2.2, §4.3) ----------------------------------------------------
 
 
 def _valid_name(name: str) -> bool:
@@ -284,7 +285,7 @@ def event_params(event: Event) -> dict[str, JSON]:
         "transaction_id": custom.order_id or None,
         "items": _items(event) or None,
         "search_term": custom.search_string,
-        # Both needed for realtime reports and session attribution (platforms.md §2.2).
+        # Both needed for realtime reports and session attribution (docs/platforms.md §2.2).
         # A consent-limited event keeps no session: it would tie the stripped events together.
         "session_id": ga4.get("session_id")
         if _scalar(ga4.get("session_id")) and not event.limited
@@ -379,7 +380,7 @@ class Ga4Mp(Destination):
     settings_model = Ga4MpSettings
     max_batch = MAX_EVENTS
     max_age_s = SEVENTY_TWO_HOURS  # timestamp_micros may be at most 72 hours in the past
-    default_requires = ("analytics_storage",)  # consent.md §7 recommendation
+    default_requires = ("analytics_storage",)  # docs/consent.md §7 recommendation
 
     settings: Ga4MpSettings
 

@@ -1,6 +1,6 @@
 """Meta Conversions API: server events to `{endpoint}/{api_version}/{pixel_id}/events`.
 
-Payload, hashing rules and error codes: platforms.md §1.2 and §1.3.
+Payload, hashing rules and error codes: docs/platforms.md §1.2 and §1.3.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SEVEN_DAYS: Final = 7 * 24 * 3600
 
 
 class LimitedDataUse(StrictModel):
-    """Meta's Limited Data Use options (consent.md §5): `[LDU], 0, 0` lets Meta geolocate."""
+    """Meta's Limited Data Use options (docs/consent.md §5): `[LDU], 0, 0` lets Meta geolocate."""
 
     options: tuple[str, ...] = ("LDU",)
     country: int = Field(default=0, ge=0)
@@ -60,7 +60,7 @@ class MetaCapiSettings(DestinationSettings):
         return (self.access_token,)
 
 
-# --- normalization (platforms.md §1.3) -------------------------------------------------------
+# --- normalization (docs/platforms.md §1.3) -------------------------------------------------------
 
 
 def _phone(user: User) -> Callable[[str], str | None]:
@@ -132,7 +132,7 @@ _CONTENT_KEYS: Final = {"id": "id", "quantity": "quantity", "item_price": "item_
 
 
 def meta_custom_data(event: Event) -> dict[str, JSON]:
-    """`custom_data` from the canonical `custom` (platforms.md §4.3)."""
+    """`custom_data` from the canonical `custom` (docs/platforms.md §4.3)."""
     custom = event.custom
     data: dict[str, JSON] = dict(custom.extra)
     contents = line_items(custom.contents, _CONTENT_KEYS)
@@ -219,7 +219,7 @@ def invalid_reason(payload: dict[str, Any]) -> str | None:
     return None
 
 
-# --- answers (platforms.md §1.2) -------------------------------------------------------------
+# --- answers (docs/platforms.md §1.2) -------------------------------------------------------------
 
 _RETRY_CODES: Final = frozenset({1, 2, 4, 17, 341, 368, 80003})
 _CONFIG_CODES: Final = frozenset({190})

@@ -1,6 +1,7 @@
 """TikTok Events API 2.0: web events to `{endpoint}/open_api/v1.3/event/track/`.
 
-Payload, hashing rules and answers: platforms.md §3.2 and §3.3. TikTok answers HTTP 200 with its
+Payload, hashing rules and answers: docs/platforms.md §3.2 and §3.3. TikTok
+answers HTTP 200 with its
 own `code` in the body, and one bad event fails the whole batch.
 """
 
@@ -46,7 +47,7 @@ class TikTokEventsSettings(DestinationSettings):
         return (self.access_token,)
 
 
-# --- normalization (platforms.md §3.3) -------------------------------------------------------
+# --- normalization (docs/platforms.md §3.3) -------------------------------------------------------
 
 
 def tiktok_lower(raw: str) -> str | None:
@@ -98,7 +99,7 @@ _CONTENT_KEYS: Final = {
 
 
 def tiktok_properties(event: Event) -> dict[str, JSON]:
-    """`properties` from the canonical `custom` (platforms.md §4.3)."""
+    """`properties` from the canonical `custom` (docs/platforms.md §4.3)."""
     custom = event.custom
     contents = line_items(custom.contents, _CONTENT_KEYS) or [
         {"content_id": i} for i in custom.content_ids
@@ -116,7 +117,7 @@ def tiktok_properties(event: Event) -> dict[str, JSON]:
 
 def event_name(event: Event) -> str:
     """The name a TikTok pixel sent, unchanged, so it matches the browser's own copy
-    (platforms.md §4.2); else the canonical name mapped to TikTok's."""
+    (docs/platforms.md §4.2); else the canonical name mapped to TikTok's."""
     received = event.vendor_data.get("tiktok", {}).get("event")
     if isinstance(received, str) and received:
         return received
@@ -137,13 +138,13 @@ def web_event(event: Event) -> dict[str, JSON]:
     page = {"url": event.event_source_url, "referrer": event.referrer}
     if any(page.values()):
         body["page"] = {k: v for k, v in page.items() if v}
-    # Set where Meta's Limited Data Use would be (consent.md §5), by whoever resolved consent.
+    # Set where Meta's Limited Data Use would be (docs/consent.md §5), by whoever resolved consent.
     if event.vendor_data.get("tiktok", {}).get("limited_data_use"):
         body["limited_data_use"] = True
     return body
 
 
-# --- answers (platforms.md §3.2) -------------------------------------------------------------
+# --- answers (docs/platforms.md §3.2) -------------------------------------------------------------
 
 # TikTok publishes no code list for this endpoint. These meanings come from public integrations
 # (RudderStack's TikTok handler, Singer's tap-tiktok-ads backoff list; unverified): 40100 is its
@@ -188,7 +189,7 @@ class TikTokEvents(Destination):
     vendor = "tiktok"
     settings_model = TikTokEventsSettings
     max_batch = 1000
-    default_requires = ("ad_storage", "ad_user_data")  # consent.md §7 recommendation
+    default_requires = ("ad_storage", "ad_user_data")  # docs/consent.md §7 recommendation
 
     settings: TikTokEventsSettings
 

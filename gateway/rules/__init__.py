@@ -1,1 +1,2 @@
-"""Rules applied to canonical events between the sources and the outbox (contract §4, §7)."""
+"""Rules applied to canonical events between the sources and the outbox
+(docs/configuration.md, docs/consent.md §7)."""

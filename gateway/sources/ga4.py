@@ -1,6 +1,7 @@
 """GA4 gtag hits (`gtag.js` → `/g/collect`, protocol `v=2`): GET query, POST with one event a line.
 
-Parameter meanings: platforms.md §2.1. No official spec exists; the layout is reverse-engineered.
+Parameter meanings: docs/platforms.md §2.1. No official spec exists; the layout is
+reverse-engineered.
 What only a GA4 destination can use (session, engagement, user properties, whole items) rides in
 `vendor_data["ga4"]`; build info, screen size, campaign and promotion fields are dropped.
 """
@@ -40,7 +41,7 @@ CONSENT_KEYS: Final = (
     "gdpr",
     "gdpr_consent",
 )
-"""Consent parameters kept verbatim for the consent rules (consent.md)."""
+"""Consent parameters kept verbatim for the consent rules (docs/consent.md)."""
 
 # `ep.<name>` params that fill typed canonical fields instead of `custom.extra`.
 _TYPED_PARAMS: Final = frozenset({"transaction_id", "value", "search_term"})
@@ -203,7 +204,7 @@ def _user_data(raw: str | None) -> dict[str, str]:
     """Canonical user fields from `em=tv.1~em.<b64url>~pn.<b64url>~fn0.…~co0.NO`.
 
     Hashes come as base64url digests; they are re-encoded as hex so the contract's 64-hex
-    pass-through sees them (else they would be hashed twice, platforms.md §2.3). An empty
+    pass-through sees them (else they would be hashed twice, docs/platforms.md §2.3). An empty
     `em.` (a tag that set user_data too late) counts as absent.
     """
     found: dict[str, str] = {}
@@ -322,7 +323,7 @@ class Ga4(Source):
         dedupable = event_id is not None
         if event_id is None and event_name == "purchase" and order_id:
             # GA4 itself deduplicates purchases by transaction_id, so it is as good an event
-            # ID as any the page could give (platforms.md §0, recommendation).
+            # ID as any the page could give (docs/platforms.md §0, recommendation).
             event_id, dedupable = order_id, True
         page_url = _text(params.get("dl"), 4096)
         items = _items(params)

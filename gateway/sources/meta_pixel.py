@@ -1,6 +1,6 @@
 """Meta pixel hits (`fbevents.js` → `/tr`): GET query, urlencoded POST, multipart beacon.
 
-Parameter meanings: platforms.md §1.1. The pixel hashes `ud[...]` itself, so those values pass
+Parameter meanings: docs/platforms.md §1.1. The pixel hashes `ud[...]` itself, so those values pass
 through untouched; everything else in a hit that is not listed here is script bookkeeping.
 """
 
@@ -59,7 +59,7 @@ _TYPED_CUSTOM: Final = frozenset(
         "search_string",
     }
 )
-# Limited Data Use flags ride along to the Meta destination (consent.md §5).
+# Limited Data Use flags ride along to the Meta destination (docs/consent.md §5).
 _LDU_KEYS: Final = ("dpo", "dpoco", "dpost")
 
 
@@ -111,7 +111,7 @@ def _custom(raw: dict[str, str]) -> Custom:
 
 
 def _fbc_from_click(url: str | None, received_ms: int) -> str | None:
-    """`fb.1.<ms>.<fbclid>` when the page URL carries a click ID (platforms.md §1.3)."""
+    """`fb.1.<ms>.<fbclid>` when the page URL carries a click ID (docs/platforms.md §1.3)."""
     fbclid = url_param(url, "fbclid")
     return f"fb.1.{received_ms}.{fbclid}" if fbclid else None
 

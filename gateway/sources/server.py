@@ -1,4 +1,4 @@
-"""The shop's own backend: `POST /v1/events` with canonical events as JSON (contract §6).
+"""The shop's own backend: `POST /v1/events` with canonical events as JSON (docs/http.md §2).
 
 Validation is strict where the platforms are strict, so a bad event is refused here, with its
 field path, instead of dying later at a platform (or spoiling a whole batch there).

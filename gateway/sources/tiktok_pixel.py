@@ -1,6 +1,6 @@
 """TikTok pixel hits (`events.js` → `/api/v2/pixel…`): POST JSON, GET base64 JSON, no-script image.
 
-Undocumented; shapes come from captured traffic (platforms.md §3.1). Unknown keys are noise and
+Undocumented; shapes come from captured traffic (docs/platforms.md §3.1). Unknown keys are noise and
 SDK bookkeeping is dropped. The pixel hashes email and phone itself, so they pass through.
 """
 
@@ -22,12 +22,12 @@ from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, u
 from gateway.sources.meta_pixel import GIF
 
 ANSWER: Final = b'{"code":0,"message":"OK"}'
-"""The answer to a pixel POST, as TikTok gives it (contract §3)."""
+"""The answer to a pixel POST, as TikTok gives it (docs/http.md §1)."""
 
 # Internal probes the pixel posts like events: advanced-matching enrichment, not conversions.
 _NOT_EVENTS: Final = frozenset({"EnrichAM"})
 # Browser clocks are often wrong; a timestamp outside this window falls back to receive time
-# (Meta rejects a whole batch over one event older than 7 days, platforms.md §0).
+# (Meta rejects a whole batch over one event older than 7 days, docs/platforms.md §0).
 _MAX_AGE_S: Final = 7 * 24 * 3600
 _MAX_AHEAD_S: Final = 300
 MAX_CONTENTS: Final = 200
@@ -46,7 +46,7 @@ _TYPED_PROPERTIES: Final = frozenset(
         "content_category",
     }
 )
-# SDK bookkeeping inside `properties` (platforms.md §3.1): dropped, never custom data.
+# SDK bookkeeping inside `properties` (docs/platforms.md §3.1): dropped, never custom data.
 _SDK_PROPERTIES: Final = frozenset({"gtm_version", "event_trigger_source"})
 # No-script image params read as properties (`?id=<code>&ev=<Event>&noscript=1&value=…`).
 _NOSCRIPT_PROPERTIES: Final = (
@@ -299,7 +299,7 @@ class TikTokPixel(Source):
             received_at=hit.received_at,
             dedupable=event_id is not None,
             # The name as received, so a TikTok destination sends exactly what a browser copy
-            # would carry (platforms.md §4.2 recommendation; legacy names stay legacy).
+            # would carry (docs/platforms.md §4.2 recommendation; legacy names stay legacy).
             vendor_data={"tiktok": tiktok},
             raw=RawHit(
                 vendor="tiktok",

@@ -113,7 +113,7 @@ def _browser_event(**overrides: object) -> Event:
     return Event(**fields)  # type: ignore[arg-type]
 
 
-# --- Google's normalization (platforms.md §2.3) -------------------------------------------------
+# --- Google's normalization (docs/platforms.md §2.3) ----------------------------------------------
 
 
 @pytest.mark.parametrize(

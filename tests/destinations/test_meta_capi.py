@@ -18,7 +18,7 @@ from gateway.destinations.meta_capi import (
 from gateway.event import Content, Custom, Event, User
 from gateway.hashing import sha256_hex
 
-# Meta's published normalized values and their SHA-256 (platforms.md §1.3).
+# Meta's published normalized values and their SHA-256 (docs/platforms.md §1.3).
 VECTORS = {
     "john_smith@gmail.com": "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f",
     "16505551212": "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176",

@@ -1,4 +1,4 @@
-"""Nothing is sent, or written, without a legal basis (contract §7, §8).
+"""Nothing is sent, or written, without a legal basis (docs/consent.md, docs/operations.md §5).
 
 Each test runs a denied event beside a granted twin: the twin proves the path works and that
 the search for leaked data would have found it.

@@ -1,4 +1,4 @@
-"""Delivery you can trust (contract §8): dedup, retries, dead letters, isolation, replay.
+"""Delivery you can trust (docs/operations.md §5): dedup, retries, dead letters, isolation, replay.
 
 Each fault test has a control that shows the fault really fired.
 """

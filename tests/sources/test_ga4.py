@@ -1,4 +1,4 @@
-"""GA4 gtag hits, from the shapes of real captured traffic (platforms.md §2.1)."""
+"""GA4 gtag hits, from the shapes of real captured traffic (docs/platforms.md §2.1)."""
 
 from __future__ import annotations
 

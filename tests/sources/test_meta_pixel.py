@@ -1,4 +1,4 @@
-"""Meta pixel hits, from the shapes of real captured traffic (platforms.md §1.1)."""
+"""Meta pixel hits, from the shapes of real captured traffic (docs/platforms.md §1.1)."""
 
 from __future__ import annotations
 

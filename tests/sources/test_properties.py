@@ -1,6 +1,6 @@
 """Property tests: no browser hit, however mangled, makes a pixel parser raise.
 
-A page's bad tag must never turn into an exception path (contract §3), and what a parser keeps
+A page's bad tag must never turn into an exception path (docs/http.md §1), and what a parser keeps
 in `custom.extra` and `vendor_data` must serialize, since the pipeline writes it as JSON.
 """
 

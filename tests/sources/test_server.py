@@ -1,4 +1,4 @@
-"""The server API's event validation (contract §6), as pure functions."""
+"""The server API's event validation (docs/http.md §2), as pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TikTok pixel hits, from the shapes of real captured traffic (platforms.md §3.1)."""
+"""TikTok pixel hits, from the shapes of real captured traffic (docs/platforms.md §3.1)."""
 
 from __future__ import annotations
 
