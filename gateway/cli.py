@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--until")
     report.add_argument("--compare-to", help="T1..T2 (default: the window just before)")
     report.add_argument("--fail-on-drop", type=float, metavar="PCT")
+    report.add_argument(
+        "--min-events",
+        type=int,
+        metavar="N",
+        help="judge a line only with at least N events in the earlier window (default 50)",
+    )
     report.add_argument("--json", action="store_true")
     command("validate", "send sample events to each destination's test mode")
     return parser
@@ -250,13 +256,32 @@ async def _report(cfg: Config, args: argparse.Namespace) -> int:
         built = await report.build(store, window, compare)
     finally:
         await store.close()
-    (report.dump if args.json else report.render)(built, sys.stdout)
-    if args.fail_on_drop is not None:
-        drops = built.drops(args.fail_on_drop)
-        for drop in drops:
-            print(f"dropped more than {args.fail_on_drop:g}%: {drop}", file=sys.stderr)
-        return 1 if drops else 0
-    return 0
+    if args.fail_on_drop is None:
+        (report.dump if args.json else report.render)(built, sys.stdout)
+        return 0
+    from gateway import app as app_module
+
+    uses = {name: d.match_keys for name, d in app_module.build_destinations(cfg).items()}
+    min_events = report.MIN_EVENTS if args.min_events is None else max(0, args.min_events)
+    drops = built.drops(args.fail_on_drop, min_events, uses)
+    if args.json:
+        report.dump(built, sys.stdout, drops)
+    else:
+        report.render(built, sys.stdout)
+    below = built.below(min_events)
+    if below:
+        lines = ", ".join(
+            f"{line.destination}/{line.event_name} ({line.then.counts['in']} events)"
+            for line in below
+        )
+        print(
+            f"{len(below)} line{'s' if len(below) > 1 else ''} below --min-events"
+            f" {min_events} not judged: {lines}",
+            file=sys.stderr,
+        )
+    for drop in drops:
+        print(f"dropped more than {args.fail_on_drop:g}%: {drop.text()}", file=sys.stderr)
+    return 1 if drops else 0
 
 
 def _storage_label(cfg: Config) -> str:

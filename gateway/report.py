@@ -6,7 +6,7 @@ fail the deploy when tracking fell (docs/operations.md §5, `tag-gateway report`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
@@ -17,6 +17,9 @@ from gateway.storage import Storage
 from gateway.times import iso
 
 COUNTS: Final = ("in", "sent", "duplicates", "dropped_consent", "dropped_rule", "dead", "pending")
+MIN_EVENTS: Final = 50
+"""`--fail-on-drop` judges a line only with at least this many events in the earlier window
+(and a share only with as many in both): below it, a 30 % swing is a handful of events."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,45 @@ class Line:
 
 
 @dataclass(frozen=True, slots=True)
+class Drop:
+    """A figure that fell by more than the threshold: its value then and now."""
+
+    destination: str | None
+    """None for a figure of the whole event name (the overlap's coverage)."""
+    event_name: str
+    figure: str
+    """`events`, a match key, or `coverage`."""
+    then: float
+    now: float
+
+    @property
+    def change(self) -> float:
+        """The relative change, -1 for a fall to nothing."""
+        return (self.now - self.then) / self.then
+
+    def text(self) -> str:
+        """One line for people: the earlier value, the new one and the change."""
+        label = f"{self.destination}/{self.event_name}" if self.destination else self.event_name
+        if self.figure == "events":
+            values = f"events {self.then:g} -> {self.now:g}"
+        else:
+            name = self.figure if self.figure == "coverage" else f"{self.figure} share"
+            values = f"{name} {self.then:.1%} -> {self.now:.1%}"
+        return f"{label}: {values} ({self.change:+.0%})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready drop."""
+        return {
+            "destination": self.destination,
+            "event_name": self.event_name,
+            "figure": self.figure,
+            "then": self.then,
+            "now": self.now,
+            "change": round(self.change, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """The whole report."""
 
@@ -74,19 +116,36 @@ class Report:
     compare: Window
     lines: Sequence[Line]
 
-    def drops(self, pct: float) -> list[str]:
-        """What fell by more than `pct` percent against the comparison window."""
+    def drops(
+        self,
+        pct: float,
+        min_events: int = MIN_EVENTS,
+        uses: Mapping[str, frozenset[str] | None] | None = None,
+    ) -> list[Drop]:
+        """What fell by more than `pct` percent against the comparison window, on lines with
+        at least `min_events` (see MIN_EVENTS); a destination's match keys only where
+        `uses` says it matches on them (a destination it does not name: every key)."""
         found = []
         for line in self.lines:
             before, after = line.then.counts["in"], line.now.counts["in"]
-            label = f"{line.destination}/{line.event_name}"
-            if before and _fell(before, after, pct):
-                found.append(f"{label}: events {before} -> {after}")
+            if before < min_events:
+                continue
+            if _fell(before, after, pct):
+                found.append(Drop(line.destination, line.event_name, "events", before, after))
+            if after < min_events:
+                continue
+            keys = (uses or {}).get(line.destination)
             for key in MATCH_KEYS:
+                if keys is not None and key not in keys:
+                    continue
                 was, now = line.then.share(line.then.keys[key]), line.now.share(line.now.keys[key])
                 if was and now is not None and _fell(was, now, pct):
-                    found.append(f"{label}: {key} share {was:.1%} -> {now:.1%}")
+                    found.append(Drop(line.destination, line.event_name, key, was, now))
         return found
+
+    def below(self, min_events: int = MIN_EVENTS) -> list[Line]:
+        """Lines `drops` does not judge: some but fewer than `min_events` events before."""
+        return [line for line in self.lines if 0 < line.then.counts["in"] < min_events]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready report."""
@@ -138,7 +197,8 @@ def _change(now: float | None, then: float | None, share: bool) -> str:
     text = f"{now:.0%}" if share else f"{now:g}"
     if then is None or then == 0:
         return text
-    return f"{text} ({(now - then) / then:+.0%})"
+    was = f"{then:.0%}" if share else f"{then:g}"
+    return f"{text} (was {was}, {(now - then) / then:+.0%})"
 
 
 def render(report: Report, out: TextIO) -> None:
@@ -168,6 +228,9 @@ def render(report: Report, out: TextIO) -> None:
         out.write("\n")
 
 
-def dump(report: Report, out: TextIO) -> None:
-    """The report as one JSON document."""
-    out.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+def dump(report: Report, out: TextIO, drops: Sequence[Drop] | None = None) -> None:
+    """The report as one JSON document; with `drops` (from `--fail-on-drop`) listing them."""
+    document = report.as_dict()
+    if drops is not None:
+        document["drops"] = [drop.as_dict() for drop in drops]
+    out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -117,6 +117,9 @@ class Destination(ABC):
     """False for destinations that record instead of making requests (`dry_run`)."""
     keeps_payload: ClassVar[bool] = False
     """True when the stored payload is the record itself (`dry_run`) and outlives delivery."""
+    match_keys: ClassVar[frozenset[str] | None] = None
+    """The report's match keys (`pipeline.MATCH_KEYS`) this platform matches on; None: all.
+    `report --fail-on-drop` judges only these."""
 
     def __init__(self, name: str, settings: DestinationSettings) -> None:
         self.name = name
