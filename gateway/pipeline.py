@@ -16,11 +16,11 @@ import orjson
 import structlog
 
 from gateway import consent as consent_rules
-from gateway import pii
 from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
 from gateway.event import PURPOSES, Consent, Event
 from gateway.metrics import Metrics
+from gateway.personal_data import detect
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.storage import Storage
 from gateway.store import Added, NewDelivery, NewEvent, Status
@@ -180,9 +180,9 @@ def _without_personal_extras(event: Event) -> Event:
     platforms in plain text. Dropped, and logged by name only."""
     custom = event.custom
     personal = [
-        f"custom.{key}" for key, value in custom.extra.items() if pii.personal_field(key, value)
+        f"custom.{key}" for key, value in custom.extra.items() if detect.personal_field(key, value)
     ]
-    texts = [name for name in _FREE_TEXT if pii.holds_email(getattr(custom, name))]
+    texts = [name for name in _FREE_TEXT if detect.holds_email(getattr(custom, name))]
     if not personal and not texts:
         return event
     log.warning(

@@ -18,7 +18,6 @@ from urllib.parse import parse_qsl, quote, urlencode
 import orjson
 from pydantic import Field
 
-from gateway import pii
 from gateway.destinations.base import (
     Answer,
     Destination,
@@ -30,11 +29,10 @@ from gateway.destinations.base import (
     classify_by_status,
     shown_url,
 )
-from gateway.destinations.ga4_mp import google_email, google_name, google_phone
-from gateway.destinations.meta_capi import meta_user_data
-from gateway.destinations.tiktok_events import tiktok_lower, tiktok_phone
-from gateway.event import JSON, Event, RawHit, User
-from gateway.hashing import already_hashed, hash_normalized, sha256_hex
+from gateway.event import JSON, Event, RawHit
+from gateway.personal_data.detect import personal_field
+from gateway.personal_data.hashing import already_hashed, sha256_hex
+from gateway.personal_data.platforms import hashed
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import json_or_text
 from gateway.sources.forms import form_pairs
@@ -107,35 +105,31 @@ def _meta_rewrite(key: str, value: str) -> str | None:
     a custom-data field that is personal data (`cd[email]`) goes, as the pipeline drops it."""
     custom = _META_CUSTOM.fullmatch(key)
     if custom is not None:  # read as the Meta source reads it: JSON where it looks like JSON
-        return None if pii.personal_field(custom[1], json_or_text(value)) else value
+        return None if personal_field(custom[1], json_or_text(value)) else value
     match = _META_PARAM.fullmatch(key)
     if match is None or not value.strip() or already_hashed(value.strip()) is not None:
         return value
     field = USER_KEYS.get(match[1])
     if field is None:
         return value
-    hashed: str | None = meta_user_data(User(**{field: value})).get(match[1])
-    return hashed
+    return hashed("meta", field, value)
 
 
 _GOOGLE_HASHED: Final = re.compile(r"(em|pn|fn\d*|ln\d*|sa\d*)")
 
 
-def _google_street(raw: str) -> str | None:
-    return " ".join(re.sub(r"[^\w\s]", "", raw.lower()).split()) or None
+_GOOGLE_FIELDS: Final = {
+    "em": "email",
+    "pn": "phone",
+    "fn": "first_name",
+    "ln": "last_name",
+    "sa": "street",
+}
 
 
 def _google_segment(key: str, value: str) -> str | None:
     """One `em` segment value hashed by Google's rules, as gtag sends it (base64url, no padding)."""
-    kind = key.rstrip("0123456789")
-    normalize: Callable[[str], str | None] = {
-        "em": google_email,
-        "pn": google_phone(None),
-        "fn": google_name,
-        "ln": google_name,
-        "sa": _google_street,
-    }[kind]
-    hexdigest = hash_normalized(value, normalize)
+    hexdigest = hashed("google", _GOOGLE_FIELDS[key.rstrip("0123456789")], value)
     if hexdigest is None:
         return None
     return base64.urlsafe_b64encode(bytes.fromhex(hexdigest)).rstrip(b"=").decode()
@@ -148,7 +142,7 @@ def _ga4_rewrite(key: str, value: str) -> str | None:
         return None
     free = _GA4_FREE.fullmatch(key)
     if free is not None:  # `ep.email=…`: personal data with no hashing rule goes
-        return None if pii.personal_field(free[1], value) else value
+        return None if personal_field(free[1], value) else value
     if key == "uid":
         # The user ID is the shop's external_id: never on disk in plain text
         # (docs/operations.md §5).
@@ -167,11 +161,11 @@ def _ga4_rewrite(key: str, value: str) -> str | None:
     return "~".join(segments)
 
 
-_TIKTOK_USER: Final[dict[str, Callable[[str], str | None]]] = {
-    "email": pii.email,
-    "phone_number": tiktok_phone(None),
-    "phone": tiktok_phone(None),
-    "external_id": tiktok_lower,  # seen raw in real hits (docs/platforms.md §3.1)
+_TIKTOK_USER: Final[dict[str, str]] = {
+    "email": "email",
+    "phone_number": "phone",
+    "phone": "phone",
+    "external_id": "external_id",  # seen raw in real hits (docs/platforms.md §3.1)
 }
 
 
@@ -181,35 +175,35 @@ def _tiktok_scrub(message: object) -> bool:
     changed = False
     properties = message.get("properties") if isinstance(message, dict) else None
     if isinstance(properties, dict):
-        for key in [k for k, v in properties.items() if pii.personal_field(str(k), v)]:
+        for key in [k for k, v in properties.items() if personal_field(str(k), v)]:
             del properties[key]
             changed = True
     context = message.get("context") if isinstance(message, dict) else None
     user = context.get("user") if isinstance(context, dict) else None
     if not isinstance(user, dict):
         return changed
-    for key, normalize in _TIKTOK_USER.items():
+    for key, field in _TIKTOK_USER.items():
         if key not in user:
             continue
         value = user[key]
         if isinstance(value, list):  # identify() takes arrays: hash each, keep the shape
-            hashed_list = [h for v in value if (h := _tiktok_hash(v, normalize))]
+            hashed_list = [h for v in value if (h := _tiktok_hash(v, field))]
             if hashed_list != value:
                 user[key] = hashed_list
                 changed = True
             continue
-        hashed = _tiktok_hash(value, normalize)
-        if hashed == value:
+        made = _tiktok_hash(value, field)
+        if made == value:
             continue
-        if hashed:
-            user[key] = hashed
+        if made:
+            user[key] = made
         else:
             del user[key]
         changed = True
     return changed
 
 
-def _tiktok_hash(value: object, normalize: Callable[[str], str | None]) -> str | None:
+def _tiktok_hash(value: object, field: str) -> str | None:
     """A match key as TikTok wants it stored: a made hash as it is, else normalized and hashed;
     None for anything that is neither (it is dropped, never kept in plain text)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -218,7 +212,7 @@ def _tiktok_hash(value: object, normalize: Callable[[str], str | None]) -> str |
         return None
     if already_hashed(value.strip()) is not None:
         return value
-    return hash_normalized(value, normalize)
+    return hashed("tiktok", field, value)
 
 
 def _tiktok_query(key: str, value: str) -> str | None:

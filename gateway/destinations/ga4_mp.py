@@ -9,8 +9,7 @@ validate` asks the debug endpoint instead.
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -18,7 +17,7 @@ import orjson
 import structlog
 from pydantic import Field, SecretStr
 
-from gateway import names, pii
+from gateway import names
 from gateway.destinations.base import (
     Answer,
     Destination,
@@ -32,7 +31,8 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, ConsentState, Event, User, json_number
-from gateway.hashing import already_hashed, hash_normalized, sha256_hex
+from gateway.personal_data.hashing import sha256_hex
+from gateway.personal_data.platforms import clear, hashed
 from gateway.settings import DestinationSettings
 
 log = structlog.get_logger("gateway.destinations.ga4_mp")
@@ -54,7 +54,6 @@ PROPERTY_VALUE_LIMIT: Final = 36
 _NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
 _PROPERTY: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,23}")
 _RESERVED_PREFIXES: Final = ("firebase_", "ga_", "google_", "gtag.")
-_GMAIL_DOMAINS: Final = frozenset({"gmail.com", "googlemail.com"})
 
 # Request-level keys: one request carries one client and one user, so events are grouped by them.
 _REQUEST_KEYS: Final = (
@@ -79,84 +78,31 @@ class Ga4MpSettings(DestinationSettings):
         return (self.api_secret,)
 
 
-# --- normalization (docs/platforms.md §2.3) -------------------------------------------------------
-
-
-def _lower(raw: str) -> str:
-    # NFC again after lowercasing, so a second pass changes nothing (idempotent).
-    return unicodedata.normalize("NFC", pii.nfc(raw).lower())
-
-
-def google_email(raw: str) -> str | None:
-    """Trimmed, lowercased; for gmail.com and googlemail.com without dots in the local part."""
-    value = pii.email(_lower(raw))
-    if value is None:
-        return None
-    local, _, domain = value.rpartition("@")
-    if domain in _GMAIL_DOMAINS:
-        local = local.replace(".", "")
-    return f"{local}@{domain}" if local else None
-
-
-def google_phone(country: str | None) -> Callable[[str], str | None]:
-    """E.164 with the `+` (Google wants the calling code; a number without one is dropped)."""
-
-    def normalize(raw: str) -> str | None:
-        value = pii.phone_e164(raw, country)
-        # A number that reads back as another one (libphonenumber drops a NANP `1` after `+1`
-        # again and again) is no number: drop it rather than hash a moving target.
-        return value if value and pii.phone_e164(value, None) == value else None
-
-    return normalize
-
-
-def google_name(raw: str) -> str | None:
-    """Digits and symbols removed, lowercased, trimmed (inner spaces kept)."""
-    return pii.letters_only(_lower(raw), keep_spaces=True) or None
-
-
-def _clear(raw: str | None, normalize: Callable[[str], str | None]) -> str | None:
-    """A field Google wants in clear. A value that arrived hashed (a Meta pixel hashes the city,
-    say) cannot be un-hashed, and a hash in a clear field would only be noise: it is dropped."""
-    if raw is None or already_hashed(raw.strip()) is not None:
-        return None
-    return normalize(raw)
-
-
-def _country(raw: str) -> str | None:
-    code = pii.country_code(raw)
-    return code.upper() if code else None
-
-
-def _postal(raw: str) -> str | None:
-    return _lower(raw) or None
+# --- user data (docs/platforms.md §2.3) -----------------------------------------------------------
 
 
 def google_user_data(user: User) -> dict[str, JSON]:
     """`user_data` by Google's rules: email, phone and names hashed (hex), the rest in clear."""
     data: dict[str, JSON] = {}
-    email = hash_normalized(user.email, google_email)
+    country = user.country
+    email = hashed("google", "email", user.email)
     if email:
         data["sha256_email_address"] = [email]
-    phone = hash_normalized(user.phone, google_phone(user.country))
+    phone = hashed("google", "phone", user.phone, country)
     if phone:
         data["sha256_phone_number"] = [phone]
     address = {
-        "sha256_first_name": hash_normalized(user.first_name, google_name),
-        "sha256_last_name": hash_normalized(user.last_name, google_name),
-        "city": _clear(user.city, google_name),
-        "region": _clear(user.state, google_name),
-        "postal_code": _clear(user.zip, _postal),
-        "country": _clear(user.country, _country),
+        "sha256_first_name": hashed("google", "first_name", user.first_name),
+        "sha256_last_name": hashed("google", "last_name", user.last_name),
+        "city": clear("google", "city", user.city),
+        "region": clear("google", "state", user.state),
+        "postal_code": clear("google", "zip", user.zip),
+        "country": clear("google", "country", user.country),
     }
     kept = {k: v for k, v in address.items() if v}
     if kept:
         data["address"] = [kept]
     return data
-
-
-def _external_id(raw: str) -> str | None:
-    return _lower(raw) or None
 
 
 def client_id_for(event: Event) -> str:
@@ -170,9 +116,9 @@ def client_id_for(event: Event) -> str:
     if user.ga_client_id:
         return user.ga_client_id
     basis = (
-        hash_normalized(user.external_id, _external_id)
-        or hash_normalized(user.email, google_email)
-        or hash_normalized(user.phone, google_phone(user.country))
+        hashed("google", "external_id", user.external_id)
+        or hashed("google", "email", user.email)
+        or hashed("google", "phone", user.phone, user.country)
         or user.fbp
         or user.ttp
         or event.event_id
@@ -309,7 +255,7 @@ def event_params(event: Event) -> dict[str, JSON]:
     return params
 
 
-# --- payload -----------------------------------------------------------------------------------
+# --- payload --------------------------------------------------------------------------------------
 
 
 def _consent(event: Event) -> dict[str, str]:
@@ -333,7 +279,7 @@ def event_payload(event: Event) -> dict[str, JSON] | Rejected:
         "client_id": client_id_for(event),
         "timestamp_micros": event.event_time * 1_000_000,
     }
-    user_id = hash_normalized(event.user.external_id, _external_id)
+    user_id = hashed("google", "external_id", event.user.external_id)
     if user_id:
         # Hashed like everywhere else: the contract never lets a plaintext external_id reach disk.
         payload["user_id"] = user_id
@@ -381,8 +327,6 @@ class Ga4Mp(Destination):
     max_batch = MAX_EVENTS
     max_age_s = SEVENTY_TWO_HOURS  # timestamp_micros may be at most 72 hours in the past
     default_requires = ("analytics_storage",)  # docs/consent.md §7 recommendation
-    # user_data (email, phone), user_id and ip_override: Google has no use for Meta's fbp/fbc.
-    match_keys = frozenset({"email", "phone", "external_id", "ip_ua"})
 
     settings: Ga4MpSettings
 

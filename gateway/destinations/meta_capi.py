@@ -5,14 +5,13 @@ Payload, hashing rules and error codes: docs/platforms.md §1.2 and §1.3.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, Literal
 
 import orjson
 from pydantic import Field, SecretStr
 
-from gateway import __version__, names, pii
+from gateway import __version__, names
 from gateway.destinations.base import (
     Answer,
     Destination,
@@ -26,7 +25,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
-from gateway.hashing import hash_fields
+from gateway.personal_data.platforms import hashed
 from gateway.settings import DestinationSettings, StrictModel
 
 DEFAULT_ENDPOINT: Final = "https://graph.facebook.com"
@@ -60,64 +59,30 @@ class MetaCapiSettings(DestinationSettings):
         return (self.access_token,)
 
 
-# --- normalization (docs/platforms.md §1.3) -------------------------------------------------------
-
-
-def _phone(user: User) -> Callable[[str], str | None]:
-    def normalize(raw: str) -> str | None:
-        e164 = pii.phone_e164(raw, user.country)
-        return e164[1:] if e164 else (pii.digits(raw).lstrip("0") or None)
-
-    return normalize
-
-
-def _state(user: User) -> Callable[[str], str | None]:
-    def normalize(raw: str) -> str | None:
-        country = pii.country_code(user.country) if user.country else None
-        if country in (None, "us"):
-            code = pii.us_state_code(raw)
-            if code:
-                return code
-        return pii.letters_only(raw) or None
-
-    return normalize
-
-
-def _zip(user: User) -> Callable[[str], str | None]:
-    def normalize(raw: str) -> str | None:
-        value = re.sub(r"[\s-]+", "", pii.nfc(raw).lower())
-        country = pii.country_code(user.country) if user.country else None
-        if country == "us" or (country is None and re.fullmatch(r"\d{5}(\d{4})?", value)):
-            return value[:5] or None
-        return value or None
-
-    return normalize
-
-
-def _lower(raw: str) -> str | None:
-    return pii.nfc(raw).lower() or None
-
-
-def _letters(raw: str) -> str | None:
-    return pii.letters_only(raw) or None
+# `user_data` key → canonical user field (docs/platforms.md §1.3).
+USER_DATA_KEYS: Final = {
+    "em": "email",
+    "ph": "phone",
+    "fn": "first_name",
+    "ln": "last_name",
+    "ge": "gender",
+    "db": "date_of_birth",
+    "ct": "city",
+    "st": "state",
+    "zp": "zip",
+    "country": "country",
+    "external_id": "external_id",
+}
 
 
 def meta_user_data(user: User) -> dict[str, str]:
     """`user_data` by Meta's rules: match keys hashed, IP, UA, fbp and fbc as they are."""
-    rules: dict[str, tuple[str | None, Callable[[str], str | None]]] = {
-        "em": (user.email, pii.email),
-        "ph": (user.phone, _phone(user)),
-        "fn": (user.first_name, _letters),
-        "ln": (user.last_name, _letters),
-        "ge": (user.gender, pii.gender_initial),
-        "db": (user.date_of_birth, pii.date_yyyymmdd),
-        "ct": (user.city, _letters),
-        "st": (user.state, _state(user)),
-        "zp": (user.zip, _zip(user)),
-        "country": (user.country, pii.country_code),
-        "external_id": (user.external_id, _lower),
+    fields = {key: (field, getattr(user, field)) for key, field in USER_DATA_KEYS.items()}
+    out = {
+        key: made
+        for key, (field, value) in fields.items()
+        if (made := hashed("meta", field, value, user.country))
     }
-    out = hash_fields(rules)
     clear = {
         "client_ip_address": user.client_ip,
         "client_user_agent": user.user_agent,

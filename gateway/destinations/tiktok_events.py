@@ -7,13 +7,13 @@ own `code` in the body, and one bad event fails the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final, Literal
 
 import orjson
 from pydantic import Field, SecretStr
 
-from gateway import names, pii
+from gateway import names
 from gateway.destinations.base import (
     Answer,
     Destination,
@@ -27,7 +27,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
-from gateway.hashing import hash_fields
+from gateway.personal_data.platforms import hashed
 from gateway.settings import DestinationSettings
 
 DEFAULT_ENDPOINT: Final = "https://business-api.tiktok.com"
@@ -47,37 +47,25 @@ class TikTokEventsSettings(DestinationSettings):
         return (self.access_token,)
 
 
-# --- normalization (docs/platforms.md §3.3) -------------------------------------------------------
-
-
-def tiktok_lower(raw: str) -> str | None:
-    """Trimmed and lowercased (email, external_id, names, zip code)."""
-    return pii.nfc(raw).lower() or None
-
-
-def tiktok_phone(country: str | None) -> Callable[[str], str | None]:
-    """E.164 with the `+` and calling code (`+12133734253`); unusable without one."""
-
-    def normalize(raw: str) -> str | None:
-        value = pii.phone_e164(raw, country)
-        # A number that reads back as another one (libphonenumber drops a NANP `1` after `+1`
-        # again and again) is no number: drop it rather than hash a moving target.
-        return value if value and pii.phone_e164(value, None) == value else None
-
-    return normalize
+# `user` key → canonical user field (docs/platforms.md §3.3).
+USER_KEYS: Final = {
+    "email": "email",
+    "phone": "phone",
+    "external_id": "external_id",
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "zip_code": "zip",
+}
 
 
 def tiktok_user(user: User) -> dict[str, str]:
     """`user` by TikTok's rules: match keys hashed, ttp, ttclid, IP and UA as they are."""
-    rules: dict[str, tuple[str | None, Callable[[str], str | None]]] = {
-        "email": (user.email, pii.email),
-        "phone": (user.phone, tiktok_phone(user.country)),
-        "external_id": (user.external_id, tiktok_lower),
-        "first_name": (user.first_name, tiktok_lower),
-        "last_name": (user.last_name, tiktok_lower),
-        "zip_code": (user.zip, tiktok_lower),
+    fields = {key: (field, getattr(user, field)) for key, field in USER_KEYS.items()}
+    out = {
+        key: made
+        for key, (field, value) in fields.items()
+        if (made := hashed("tiktok", field, value, user.country))
     }
-    out = hash_fields(rules)
     clear = {
         "ttp": user.ttp,
         "ttclid": user.ttclid,
@@ -190,8 +178,6 @@ class TikTokEvents(Destination):
     settings_model = TikTokEventsSettings
     max_batch = 1000
     default_requires = ("ad_storage", "ad_user_data")  # docs/consent.md §7 recommendation
-    # TikTok matches on its own ttp/ttclid, never on Meta's fbp/fbc.
-    match_keys = frozenset({"email", "phone", "external_id", "ip_ua"})
 
     settings: TikTokEventsSettings
 

@@ -18,8 +18,8 @@ from pydantic import Field
 
 from gateway import names
 from gateway.event import JSON, Content, Custom, Event, RawHit, User, new_event_id
-from gateway.hashing import b64url_digest_to_hex
-from gateway.pii import personal_field
+from gateway.personal_data.detect import personal_field
+from gateway.personal_data.hashing import b64url_digest_to_hex
 from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome, Parsed, Source
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param

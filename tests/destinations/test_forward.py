@@ -13,7 +13,7 @@ from gateway.destinations.base import Answer, Item, Rejected, Verdict
 from gateway.destinations.forward import Forward, ForwardSettings, Vendor, vendor_path
 from gateway.destinations.meta_capi import meta_user_data
 from gateway.event import Event, RawHit, User
-from gateway.hashing import sha256_hex
+from gateway.personal_data.hashing import sha256_hex
 
 
 def _destination(vendor: Vendor, endpoint: str | None = None) -> Forward:

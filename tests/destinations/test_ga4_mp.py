@@ -19,13 +19,11 @@ from gateway.destinations.ga4_mp import (
     Ga4MpSettings,
     client_id_for,
     event_payload,
-    google_email,
-    google_name,
-    google_phone,
     google_user_data,
 )
 from gateway.event import Consent, ConsentState, Content, Custom, Event, User
-from gateway.hashing import sha256_hex
+from gateway.personal_data.hashing import sha256_hex
+from gateway.personal_data.platforms import google_email, google_name, google_phone
 
 GRANTED, DENIED = ConsentState.GRANTED, ConsentState.DENIED
 

@@ -16,7 +16,7 @@ from gateway.destinations.meta_capi import (
     meta_user_data,
 )
 from gateway.event import Content, Custom, Event, User
-from gateway.hashing import sha256_hex
+from gateway.personal_data.hashing import sha256_hex
 
 # Meta's published normalized values and their SHA-256 (docs/platforms.md §1.3).
 VECTORS = {

@@ -16,7 +16,7 @@ from gateway.destinations.tiktok_events import (
     tiktok_user,
 )
 from gateway.event import Content, Custom, Event, User
-from gateway.hashing import sha256_hex
+from gateway.personal_data.hashing import sha256_hex
 
 
 def _destination(**overrides: object) -> TikTokEvents:

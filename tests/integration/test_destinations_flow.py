@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway.app import PIPELINE
 from gateway.config import Config
 from gateway.event import Custom, Event, User
-from gateway.hashing import sha256_hex
+from gateway.personal_data.hashing import sha256_hex
 from tests.conftest import FakePlatform, Gateway, Recorded, eventually
 
 Start = Callable[[Config], Awaitable[Gateway]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pii import personal_field
+from gateway.personal_data.detect import personal_field
 
 
 @pytest.mark.parametrize(

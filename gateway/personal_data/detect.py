@@ -1,0 +1,106 @@
+"""Personal data where none belongs: free-form fields and free text that hold a person."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+_NON_DIGITS: Final = re.compile(r"\D+")
+
+
+# Free-form fields (custom.extra, GA4 user properties, a pixel's custom data) that hold a person:
+# a shop's `ep.customer_phone`, `cd[email]` or `shipping_address`. A key is read as words (split
+# on punctuation and camelCase, trailing digits dropped: "addressLine1" → address, line) and
+# judged by how it ends, so `hotel_id`, `streetwear_collection` and `birthday_coupon` stay. A
+# name alone is not enough where the value can be checked: a phone field needs 7 digits or more
+# (`phone_model: "iPhone 15"` stays), and flags never count (`is_mobile: true`).
+_ENDINGS: Final = frozenset(
+    {
+        "firstname",
+        "lastname",
+        "fullname",
+        "surname",
+        "givenname",
+        "familyname",
+        "customername",
+        "billingname",
+        "shippingname",
+        "recipientname",
+        "contactname",
+        "address",
+        "addressline",
+        "street",
+        "streetaddress",
+        "zip",
+        "zipcode",
+        "postcode",
+        "postalcode",
+        "dob",
+        "birthdate",
+        "dateofbirth",
+        "ssn",
+        "ip",
+        "userid",
+        "externalid",
+        "customerid",
+    }
+)
+_PHONE_WORDS: Final = frozenset({"phone", "telephone", "tel", "mobile", "cell", "cellphone"})
+_NUMBER_WORDS: Final = frozenset({"number", "no", "nr", "num"})
+_WORD: Final = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_EMAIL_IN_TEXT: Final = re.compile(r"[^@\s\"'<>/:]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# `sku-1@2x.jpg` names an image, `jane@example.com.png` still holds an address.
+_FILE_ENDING: Final = re.compile(
+    r"\.(?:jpe?g|png|gif|webp|svg|avif|heic|heif|tiff?|bmp|ico|pdf|css|js|mp4|webm)$", re.I
+)
+_MAX_DEPTH: Final = 8
+
+
+def personal_field(key: str, value: object) -> bool:
+    """True when a free-form field holds personal data: by its name and the kind of value it
+    holds, or an email address anywhere in it (keys and values, nested ones included)."""
+    return _personal(str(key), value, 0)
+
+
+def _personal(key: str, value: object, depth: int) -> bool:
+    if depth > _MAX_DEPTH:
+        return True  # nested deeper than anything a tag sends: not worth the risk
+    if _named_personal(key, value) or holds_email(key):
+        return True
+    if isinstance(value, dict):
+        return any(_personal(str(k), v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_personal(key, v, depth + 1) for v in value)
+    return holds_email(value)
+
+
+def _words(key: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(key) if not w.isdigit()]
+
+
+def _named_personal(key: str, value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False  # a flag (`has_email: true`), or a container checked item by item
+    words = _words(key)
+    if not words:
+        return False
+    endings = {words[-1], "".join(words[-2:]), "".join(words[-3:])}
+    if endings & _ENDINGS:
+        return True
+    while len(words) > 1 and words[-1] in _NUMBER_WORDS:
+        words.pop()  # phone_number, mobile_no
+    if words[-1] in _PHONE_WORDS:
+        return len(_NON_DIGITS.sub("", str(value))) >= 7
+    return False
+
+
+def holds_email(value: object) -> bool:
+    """True when a text holds something shaped like an email address (not an image name)."""
+    if not isinstance(value, str) or "@" not in value:
+        return False
+    for match in _EMAIL_IN_TEXT.finditer(value):
+        domain = _FILE_ENDING.sub("", match.group(1))
+        labels = domain.split(".")
+        if len(labels) >= 2 and labels[-1].isalpha() and len(labels[-1]) >= 2:
+            return True
+    return False
