@@ -33,6 +33,7 @@ STATUS_COLOURS: Final = {
     "dropped_rule": "#ad1457",
 }
 KEY_COLOUR: Final = "#00838f"
+GOAL_COLOUR: Final = "#c62828"
 
 
 def authorized(request: web.Request, token: str) -> bool:
@@ -124,6 +125,58 @@ def _coverage_chart(built: report.Report) -> str:
     return "".join(parts)
 
 
+def _overlap(built: report.Report) -> str:
+    """Contract §10: per event name the server API sent, a table of the copies and a bar of
+    coverage with Meta's 75 % goal marked."""
+    if not built.overlap:
+        return "<p>The server API sent no events in the last 24 hours.</p>"
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("event", "browser", "backend", "both", "coverage", "backend only", "median lag")
+    )
+    rows = []
+    for o in built.overlap:
+        now, then = o.now, o.then
+        coverage = "-" if now.coverage is None else f"{now.coverage:.0%}"
+        was = "" if then.coverage is None else f" <small>({then.coverage:.0%})</small>"
+        lag = "-" if now.median_lag_s is None else f"{now.median_lag_s:.0f} s"
+        cells = [escape(o.event_name)]
+        cells += [
+            f"{v} <small>({w})</small>"
+            for v, w in (
+                (now.browser, then.browser),
+                (now.backend, then.backend),
+                (now.both, then.both),
+            )
+        ]
+        cells += [coverage + was, f"{now.backend_only} <small>({then.backend_only})</small>", lag]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    height, goal_x = 18 * len(built.overlap) + 24, 200 + report.COVERAGE_GOAL * 340
+    bars = [
+        f'<svg class="chart overlap" viewBox="0 0 600 {height}" width="600" height="{height}" '
+        'role="img" aria-label="share of browser events the backend confirmed">'
+    ]
+    for i, o in enumerate(built.overlap):
+        y, share = 5 + i * 18, o.now.coverage or 0.0
+        colour = KEY_COLOUR if share >= report.COVERAGE_GOAL else STATUS_COLOURS["failed"]
+        label = "no browser events" if o.now.coverage is None else f"{share:.0%}"
+        bars.append(
+            f'<text x="0" y="{y + 12}" font-size="11">{escape(o.event_name)}</text>'
+            f'<rect class="bar" data-event="{escape(o.event_name)}" data-coverage="{share:.4f}" '
+            f'x="200" y="{y}" width="{share * 340:.1f}" height="14" fill="{colour}">'
+            f"<title>{escape(o.event_name)}: {label}</title></rect>"
+            f'<text x="{205 + share * 340:.1f}" y="{y + 12}" font-size="11">{label}</text>'
+        )
+    bars.append(
+        f'<line class="goal" x1="{goal_x:.1f}" x2="{goal_x:.1f}" y1="0" y2="{height - 14}" '
+        f'stroke="{GOAL_COLOUR}" stroke-dasharray="4 2"/>'
+        f'<text x="{goal_x:.1f}" y="{height - 2}" font-size="10" text-anchor="middle" '
+        f'fill="{GOAL_COLOUR}">Meta\'s goal 75%</text></svg>'
+    )
+    warnings = "".join(f"<p><strong>{escape(w)}</strong></p>" for w in report.warnings(built))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>{''.join(bars)}{warnings}"
+
+
 def _table(built: report.Report) -> str:
     head = "".join(
         f"<th>{h}</th>" for h in ("destination", "event", *report.COUNTS, "dedupable", *MATCH_KEYS)
@@ -188,6 +241,9 @@ small {{ color: #777; }}
 24 hours before.</p>
 <h2>Deliveries per hour</h2><p>{legend}</p>{charts}
 <h2>Match-key coverage</h2>{_coverage_chart(built)}
+<h2>Pixel and backend: do the two copies meet?</h2>
+<p>Per event name the server API sent: browser and backend events, those with the same event ID
+from both within 48 hours, and coverage (both / browser).</p>{_overlap(built)}
 <h2>Report</h2>{_table(built)}
 <h2>Latest dead deliveries</h2>{_dead(dead)}
 </body></html>"""

@@ -256,6 +256,10 @@ async def _report(cfg: Config, args: argparse.Namespace) -> int:
         built = await report.build(store, window, compare)
     finally:
         await store.close()
+    if args.json:
+        # The document stays JSON; the one-line warnings go beside it.
+        for line in report.warnings(built):
+            print(line, file=sys.stderr)
     if args.fail_on_drop is None:
         (report.dump if args.json else report.render)(built, sys.stdout)
         return 0

@@ -69,6 +69,68 @@ class Line:
     then: Figures
 
 
+COVERAGE_GOAL: Final = 0.75
+"""Meta asks that at least 75 % of browser events have a server copy with the same ID."""
+
+
+@dataclass(slots=True)
+class Copies:
+    """Pixel and server copies of one event name over one window (contract §10). Each side
+    counts distinct event IDs; `both` counts IDs whose two copies came within 48 hours."""
+
+    browser: int = 0
+    backend: int = 0
+    both: int = 0
+    median_lag_s: float | None = None
+
+    @property
+    def coverage(self) -> float | None:
+        """both / browser: the share of browser events the backend confirmed."""
+        return round(self.both / self.browser, 4) if self.browser else None
+
+    @property
+    def backend_only(self) -> int:
+        """Server events no pixel copy matched: the conversions the browser lost."""
+        return self.backend - self.both
+
+    def never_meet(self) -> bool:
+        """Both copies arrive but never share an ID: the classic broken setup."""
+        return self.browser > 0 and self.backend > 0 and self.both == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures (contract §10's keys, coverage to three places)."""
+        coverage = self.coverage
+        lag = self.median_lag_s
+        return {
+            "browser": self.browser,
+            "backend": self.backend,
+            "both": self.both,
+            "coverage": None if coverage is None else round(coverage, 3),
+            "backend_only": self.backend_only,
+            "median_lag_s": None if lag is None else round(lag, 1),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """One event name the server API sent: its copies now and in the comparison window."""
+
+    event_name: str
+    now: Copies
+    then: Copies
+
+    def warning(self) -> str | None:
+        """The one line for IDs that never meet, else None."""
+        c = self.now
+        if not c.never_meet():
+            return None
+        return f"{self.event_name}: {c.browser} browser, {c.backend} backend, 0 share an event ID"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the window's figures, and the comparison window's under `then`."""
+        return {"event_name": self.event_name, **self.now.as_dict(), "then": self.then.as_dict()}
+
+
 @dataclass(frozen=True, slots=True)
 class Drop:
     """A figure that fell by more than the threshold: its value then and now."""
@@ -115,6 +177,7 @@ class Report:
     window: Window
     compare: Window
     lines: Sequence[Line]
+    overlap: Sequence[Overlap] = ()
 
     def drops(
         self,
@@ -141,6 +204,12 @@ class Report:
                 was, now = line.then.share(line.then.keys[key]), line.now.share(line.now.keys[key])
                 if was and now is not None and _fell(was, now, pct):
                     found.append(Drop(line.destination, line.event_name, key, was, now))
+        for o in self.overlap:
+            was, now = o.then.coverage, o.now.coverage
+            if min(o.then.browser, o.now.browser) < min_events or not was or now is None:
+                continue
+            if _fell(was, now, pct):
+                found.append(Drop(None, o.event_name, "coverage", was, now))
         return found
 
     def below(self, min_events: int = MIN_EVENTS) -> list[Line]:
@@ -161,6 +230,7 @@ class Report:
                 }
                 for line in self.lines
             ],
+            "overlap": [o.as_dict() for o in self.overlap],
         }
 
 
@@ -182,13 +252,29 @@ async def _figures(store: Storage, window: Window) -> dict[tuple[str, str], Figu
     return out
 
 
+async def _copies(store: Storage, window: Window) -> dict[str, Copies]:
+    out: dict[str, Copies] = {}
+    for name, kind, count, lag in await store.overlap(window.since, window.until):
+        copies = out.setdefault(name, Copies())
+        if kind == "both":
+            copies.both, copies.median_lag_s = int(count), float(lag)
+        else:
+            setattr(copies, kind, int(count))
+    return out
+
+
 async def build(store: Storage, window: Window, compare: Window | None = None) -> Report:
     """Read both windows from the store."""
     other = compare or window.before()
     now, then = await _figures(store, window), await _figures(store, other)
     keys = sorted(set(now) | set(then))
     lines = [Line(d, n, now.get((d, n), Figures()), then.get((d, n), Figures())) for d, n in keys]
-    return Report(window, other, lines)
+    copies_now, copies_then = await _copies(store, window), await _copies(store, other)
+    overlap = [
+        Overlap(name, copies_now.get(name, Copies()), copies_then.get(name, Copies()))
+        for name in sorted(set(copies_now) | set(copies_then))
+    ]
+    return Report(window, other, lines, overlap)
 
 
 def _change(now: float | None, then: float | None, share: bool) -> str:
@@ -222,7 +308,38 @@ def render(report: Report, out: TextIO) -> None:
         ]
         cells.append(" ".join(f"{v:.2f} {c}" for c, v in sorted(now.values.items())) or "-")
         rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    _columns(rows, out)
+    if report.overlap:
+        out.write(
+            "\npixel and backend copies (same event ID within 48 h; Meta asks 75 % coverage)\n"
+        )
+        rows = [["event", "browser", "backend", "both", "coverage", "backend_only", "median_lag"]]
+        for o in report.overlap:
+            cn, ct = o.now, o.then
+            lag = "-" if cn.median_lag_s is None else f"{cn.median_lag_s:.0f}s"
+            rows.append(
+                [
+                    o.event_name,
+                    _change(cn.browser, ct.browser, False),
+                    _change(cn.backend, ct.backend, False),
+                    _change(cn.both, ct.both, False),
+                    _change(cn.coverage, ct.coverage, True),
+                    _change(cn.backend_only, ct.backend_only, False),
+                    lag,
+                ]
+            )
+        _columns(rows, out)
+        for warning in warnings(report):
+            out.write(warning + "\n")
+
+
+def warnings(report: Report) -> list[str]:
+    """One line per event name whose pixel and backend copies never share an ID."""
+    return [w for o in report.overlap if (w := o.warning()) is not None]
+
+
+def _columns(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
         out.write("\n")

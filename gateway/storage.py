@@ -58,6 +58,9 @@ class Storage(Protocol):
     async def values(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Value sums for a window."""
 
+    async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
+        """Pixel and server copies of each event name (contract §10)."""
+
     async def hourly(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Deliveries per hour, destination and status."""
 

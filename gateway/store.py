@@ -131,6 +131,35 @@ CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_row);
 CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
 """
 
+# Contract §10, per event name the server API sent in [since, until): each event ID once per
+# side (its first copy), the pairs whose two copies came within 48 hours, and the median of
+# their lags (the middle one or two of the sorted pairs, averaged). Sources other than
+# `server` are the pixels.
+OVERLAP: Final = """
+WITH s AS (
+    SELECT event_name, event_id, MIN(received_at) AS t FROM events
+    WHERE received_at >= ?1 AND received_at < ?2 AND source = 'server'
+    GROUP BY event_name, event_id
+), b AS (
+    SELECT event_name, event_id, MIN(received_at) AS t FROM events
+    WHERE received_at >= ?1 AND received_at < ?2 AND source <> 'server'
+      AND event_name IN (SELECT event_name FROM s)
+    GROUP BY event_name, event_id
+), p AS (
+    SELECT s.event_name, ABS(s.t - b.t) AS lag FROM s
+    JOIN b ON b.event_name = s.event_name AND b.event_id = s.event_id
+    WHERE ABS(s.t - b.t) <= ?3
+), r AS (
+    SELECT event_name, lag, ROW_NUMBER() OVER (PARTITION BY event_name ORDER BY lag) AS i,
+           COUNT(*) OVER (PARTITION BY event_name) AS n
+    FROM p
+)
+SELECT event_name, 'backend', COUNT(*), NULL FROM s GROUP BY event_name
+UNION ALL SELECT event_name, 'browser', COUNT(*), NULL FROM b GROUP BY event_name
+UNION ALL SELECT event_name, 'both', n, AVG(lag) FROM r
+    WHERE i IN ((n + 1) / 2, (n + 2) / 2) GROUP BY event_name, n
+"""
+
 # Durability first: WAL with a full sync on every commit survives a crash and a power cut.
 # secure_delete overwrites erased payloads instead of leaving them in free pages.
 _PRAGMAS: Final = (
@@ -667,6 +696,12 @@ class Store:
             " AND d.status = 'sent' GROUP BY d.destination, d.event_name, e.currency"
         )
         async with self.reader.execute(sql, (since, until)) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
+    async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
+        """Pixel and server copies per event name (contract §10): rows of (event_name, kind,
+        count, median lag), kind `backend`, `browser` or `both`."""
+        async with self.reader.execute(OVERLAP, (since, until, DEDUP_WINDOW_S)) as cur:
             return [tuple(row) for row in await cur.fetchall()]
 
     async def hourly(self, since: float, until: float) -> list[tuple[Any, ...]]:

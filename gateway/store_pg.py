@@ -346,6 +346,32 @@ WHERE e.received_at >= $1 AND e.received_at < $2 AND e.value IS NOT NULL
 GROUP BY d.destination, d.event_name, e.currency
 """
 
+# As store.OVERLAP. Each CTE is read twice, so PostgreSQL materializes it once.
+_OVERLAP: Final = """
+WITH s AS (
+    SELECT event_name, event_id, MIN(received_at) AS t FROM events
+    WHERE received_at >= $1 AND received_at < $2 AND source = 'server'
+    GROUP BY event_name, event_id
+), b AS (
+    SELECT event_name, event_id, MIN(received_at) AS t FROM events
+    WHERE received_at >= $1 AND received_at < $2 AND source <> 'server'
+      AND event_name IN (SELECT event_name FROM s)
+    GROUP BY event_name, event_id
+), p AS (
+    SELECT s.event_name, ABS(s.t - b.t) AS lag FROM s
+    JOIN b ON b.event_name = s.event_name AND b.event_id = s.event_id
+    WHERE ABS(s.t - b.t) <= $3
+), r AS (
+    SELECT event_name, lag, ROW_NUMBER() OVER (PARTITION BY event_name ORDER BY lag) AS i,
+           COUNT(*) OVER (PARTITION BY event_name) AS n
+    FROM p
+)
+SELECT event_name, 'backend', COUNT(*), NULL::float8 FROM s GROUP BY event_name
+UNION ALL SELECT event_name, 'browser', COUNT(*), NULL::float8 FROM b GROUP BY event_name
+UNION ALL SELECT event_name, 'both', n, AVG(lag) FROM r
+    WHERE i IN ((n + 1) / 2, (n + 2) / 2) GROUP BY event_name, n
+"""
+
 # trunc(), not a cast: CAST(float AS bigint) rounds in PostgreSQL, truncates in SQLite.
 _HOURLY: Final = """
 SELECT trunc(e.received_at / 3600)::bigint * 3600, d.destination, d.status, COUNT(*)
@@ -765,6 +791,11 @@ class PgStore:
     async def values(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Per destination, event name and currency: the value sum of sent deliveries."""
         return [tuple(row) for row in await self.pool.fetch(_VALUES, since, until)]
+
+    async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
+        """Pixel and server copies per event name (as `Store.overlap`)."""
+        rows = await self.pool.fetch(_OVERLAP, since, until, float(DEDUP_WINDOW_S))
+        return [(r[0], r[1], int(r[2]), None if r[3] is None else float(r[3])) for r in rows]
 
     async def hourly(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Deliveries per hour, destination and status, for the admin page's chart."""
