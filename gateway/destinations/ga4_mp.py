@@ -327,6 +327,8 @@ class Ga4Mp(Destination):
     max_batch = MAX_EVENTS
     max_age_s = SEVENTY_TWO_HOURS  # timestamp_micros may be at most 72 hours in the past
     default_requires = ("analytics_storage",)  # docs/consent.md §7 recommendation
+    # user_data (email, phone), user_id and ip_override: Google has no use for Meta's fbp/fbc.
+    match_keys = frozenset({"email", "phone", "external_id", "ip_ua"})
 
     settings: Ga4MpSettings
 

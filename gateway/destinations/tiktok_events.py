@@ -178,6 +178,8 @@ class TikTokEvents(Destination):
     settings_model = TikTokEventsSettings
     max_batch = 1000
     default_requires = ("ad_storage", "ad_user_data")  # docs/consent.md §7 recommendation
+    # TikTok matches on its own ttp/ttclid, never on Meta's fbp/fbc.
+    match_keys = frozenset({"email", "phone", "external_id", "ip_ua"})
 
     settings: TikTokEventsSettings
 
