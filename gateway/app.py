@@ -225,7 +225,9 @@ def _browser_handler(
                 method=request.method,
                 path=request.path,
                 query=request.query,
-                query_string=request.query_string,
+                # As it came: yarl's decoded `query_string` turns `%25` into `%` and `+` into a
+                # space, and a forward must pass the browser's bytes on.
+                query_string=request.rel_url.raw_query_string,
                 body=body,
                 content_type=request.headers.get("Content-Type"),
                 cookies=request.cookies,
@@ -238,6 +240,7 @@ def _browser_handler(
                 received_at=received,
                 referer=request.headers.get("Referer"),
                 gpc=request.headers.get("Sec-GPC", "").strip() == "1",
+                accept_language=request.headers.get("Accept-Language"),
             )
             outcome, cookie_plan = await _ingest(
                 request.app, source, hit, event_ids, names, cookie_vendors, notes

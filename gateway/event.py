@@ -159,6 +159,8 @@ class RawHit:
     query_string: str
     body: bytes
     content_type: str | None
+    accept_language: str | None = None
+    """The browser's `Accept-Language`, which a forward passes on (GA4 reads the language)."""
 
 
 @dataclass(frozen=True, slots=True)

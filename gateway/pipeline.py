@@ -21,6 +21,7 @@ from gateway.destinations.base import Destination, Rejected
 from gateway.event import PURPOSES, Consent, Event
 from gateway.metrics import Metrics
 from gateway.personal_data import detect
+from gateway.personal_data.urls import scrub_optional
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.storage import Storage
 from gateway.store import Added, NewDelivery, NewEvent, Status
@@ -178,6 +179,25 @@ def _without_personal_extras(event: Event) -> Event:
     """The event without free-form custom fields that hold personal data (`custom.email`, a
     search for an address): those have no hashing rule, so they would reach the disk and the
     platforms in plain text. Dropped, and logged by name only."""
+    page_url = scrub_optional(event.event_source_url)
+    referrer = scrub_optional(event.referrer)
+    if page_url != event.event_source_url or referrer != event.referrer:
+        # Contract §8: whatever the rules say. Logged without the URL, which held the data.
+        log.warning(
+            "event.personal_data_dropped",
+            source=event.source,
+            event_id=event.event_id,
+            fields=[
+                name
+                for name, before, after in (
+                    ("event_source_url", event.event_source_url, page_url),
+                    ("referrer", event.referrer, referrer),
+                )
+                if before != after
+            ],
+            note="a URL parameter held an email address or a phone number",
+        )
+        event = dataclasses.replace(event, event_source_url=page_url, referrer=referrer)
     custom = event.custom
     personal = [
         f"custom.{key}" for key, value in custom.extra.items() if detect.personal_field(key, value)

@@ -42,6 +42,8 @@ class Recorded:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    raw_query: str = ""
+    """The query string as it came, undecoded."""
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -74,6 +76,7 @@ class FakePlatform:
             dict(request.query),
             dict(request.headers),
             await request.read(),
+            request.rel_url.raw_query_string,
         )
         self.requests.append(recorded)
         reply = self.replies.pop(0) if self.replies else self.default

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.personal_data.detect import personal_field
+from gateway.personal_data.detect import holds_phone, personal_field
+from gateway.personal_data.urls import scrub_url
 
 
 @pytest.mark.parametrize(
@@ -69,3 +70,68 @@ def test_personal(key: str, value: object) -> None:
 )
 def test_not_personal(key: str, value: object) -> None:
     assert not personal_field(key, value)
+
+
+# --- URLs: a parameter whose value is a person goes, whatever it is called ---------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "https://shop.example/thanks?email=jane%40example.com&sku=7",
+            "https://shop.example/thanks?sku=7",
+        ),
+        ("https://s.example/p?customer_email=jane@example.com", "https://s.example/p"),
+        ("https://s.example/p?user%5Bemail%5D=jane%40example.com&a=1", "https://s.example/p?a=1"),
+        ("https://s.example/p?user[email]=jane@example.com&a=1", "https://s.example/p?a=1"),
+        ("https://s.example/p?e=jane%40example.com&a=1", "https://s.example/p?a=1"),
+        ("https://s.example/p?tel=4155550100&a=1", "https://s.example/p?a=1"),
+        ("https://s.example/p?x=%2B14155550100&a=1", "https://s.example/p?a=1"),
+        ("https://s.example/p?x=%2B44%2020%207946%200958", "https://s.example/p"),
+        ("https://s.example/#/cart?phone=4155550100&step=2", "https://s.example/#/cart?step=2"),
+        ("https://s.example/p?a=1#x?phone=%2B14155550100", "https://s.example/p?a=1#x"),
+        (
+            "https://s.example/p?next=https%3A%2F%2Fs.example%2Fq%3Fm%3Djane%2540example.com",
+            "https://s.example/p",
+        ),
+    ],
+)
+def test_personal_url_params_go_by_their_values(url: str, expected: str) -> None:
+    assert scrub_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://s.example/p?q=a%26b&sku=7&utm_source=news",
+        "https://s.example/p?order=1001&ts=1795000000000&page=2",
+        "https://s.example/img/sku-1@2x.jpg?v=3",
+        "https://s.example/p?promo=50%25+off+%40+store",
+        "https://s.example/p?gclid=Cj0KCQ&fbclid=IwAR0x",
+    ],
+)
+def test_other_urls_keep_every_byte(url: str) -> None:
+    assert scrub_url(url) == url
+
+
+def test_names_given_go_as_well() -> None:
+    assert scrub_url("https://s.example/p?token=abc&a=1", frozenset({"token"})) == (
+        "https://s.example/p?a=1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("call +1 (415) 555-0100 after six", True),
+        ("+44 20 7946 0958", True),
+        ("+4915112345678", True),
+        ("4155550100", False),  # no country code: an order number as much as a phone number
+        ("size +2", False),
+        ("50% off +10 points", False),
+        ("sku 12345678", False),
+    ],
+)
+def test_phone_numbers_in_free_text(text: str, found: bool) -> None:
+    assert holds_phone(text) is found

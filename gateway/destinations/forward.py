@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote
 
 import orjson
 from pydantic import Field
@@ -30,11 +31,12 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, RawHit
-from gateway.personal_data.detect import personal_field
+from gateway.personal_data.detect import personal_field, personal_param, personal_text
 from gateway.personal_data.hashing import already_hashed, sha256_hex
 from gateway.personal_data.platforms import hashed
+from gateway.rules.url_params import rewrite_pairs
 from gateway.settings import DestinationSettings
-from gateway.sources.coerce import json_or_text
+from gateway.sources.coerce import json_or_text, text_or_none
 from gateway.sources.forms import form_pairs
 from gateway.sources.meta_pixel import USER_KEYS
 from gateway.sources.tiktok_pixel import decode_message
@@ -74,50 +76,142 @@ def vendor_path(vendor: str, path: str) -> str:
     return "/api/v2/pixel" + slash
 
 
-# --- plain-text personal data, hashed before it is stored --------------------------------------
-
-Rewrite = Callable[[str, str], str | None]
-"""(key, value) → the value to keep, a replacement, or None to drop the pair."""
+# --- what of the hit may go: the personal-data gate, applied to the vendor's format ---------------
 
 
-def _rewrite_form(text: str, rewrite: Rewrite) -> str | None:
-    """The urlencoded text with values rewritten, or None when nothing changed (so an untouched
-    hit keeps its exact bytes)."""
-    out: list[tuple[str, str]] = []
-    changed = False
-    for key, value in parse_qsl(text, keep_blank_values=True):
-        new = rewrite(key, value)
-        changed = changed or new != value
-        if new is not None:
-            out.append((key, new))
-    return urlencode(out) if changed else None
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """What the gateway decided about this event, applied to the raw hit's own fields."""
+
+    page_url: str | None
+    """The event's page URL after the personal-data gate and the rules (`redact_url_params`,
+    `drop_fields`): the hit's own page URL parameter becomes this."""
+    referrer: str | None
+    identifiers: bool
+    """Hashed match keys may go (`ad_user_data` granted; GPC denies it)."""
+
+    @classmethod
+    def of(cls, event: Event) -> _Gate:
+        return cls(event.event_source_url, event.referrer, event.consent.granted("ad_user_data"))
+
+    def page(self, value: str, wanted: str | None) -> str | None:
+        """The browser's own bytes when the gate and the rules left the URL as it was."""
+        if wanted is None:
+            return None
+        return value if text_or_none(value, 4096) == wanted else wanted
+
+    # --- Meta pixel: query and urlencoded body ---
+
+    def meta(self, key: str, value: str) -> str | None:
+        """`ud[em]=<plain>` → Meta's hash of it (the pixel hashes these; a custom tag may
+        not), and none at all without consent; a personal custom-data field (`cd[email]`)
+        goes, as the pipeline drops it; `dl`/`rl` are the event's page URLs."""
+        if key == "dl":
+            return self.page(value, self.page_url)
+        if key == "rl":
+            return self.page(value, self.referrer)
+        custom = _META_CUSTOM.fullmatch(key)
+        if custom is not None:  # read as the Meta source reads it: JSON where it looks like JSON
+            return None if personal_field(custom[1], json_or_text(value)) else value
+        match = _META_PARAM.fullmatch(key)
+        if match is None:
+            return None if personal_param(key, value) else value
+        if not self.identifiers:
+            return None
+        if not value.strip() or already_hashed(value.strip()) is not None:
+            return value
+        field = USER_KEYS.get(match[1])
+        return hashed("meta", field, value) if field else None
+
+    # --- GA4 gtag: query and body lines ---
+
+    def ga4(self, key: str, value: str) -> str | None:
+        """A client-sent `_uip` goes (only the gateway says where the client is); plain-text
+        segments of `em` (`tv.1~em.…~pn.…`) are hashed the way gtag would have, and `em` and
+        `uid` go without consent; item and event parameters pass the gate."""
+        if key == "_uip":
+            return None
+        if key == "dl":
+            return self.page(value, self.page_url)
+        if key == "dr":
+            return self.page(value, self.referrer)
+        if key in ("em", "uid") and not self.identifiers:
+            return None
+        if key == "uid":
+            # The user ID is the shop's external_id: never on disk in plain text
+            # (docs/operations.md §5).
+            return already_hashed(value.strip()) or sha256_hex(value.strip())
+        if key == "em":
+            return _google_user_data(value)
+        if _GA4_ITEM.fullmatch(key):
+            return _ga4_item(value)
+        free = _GA4_FREE.fullmatch(key)
+        if free is not None:  # `ep.email=…`: personal data with no hashing rule goes
+            return None if personal_field(free[1], value) else value
+        return None if personal_param(key, value) else value
+
+    # --- TikTok pixel: JSON message ---
+
+    def tiktok(self, message: object) -> None:
+        """Plain-text `context.user` match keys hashed (gone without consent), personal
+        `properties` dropped, `context.page` the event's page URLs; in place."""
+        if not isinstance(message, dict):
+            return
+        properties = message.get("properties")
+        if isinstance(properties, dict):
+            for key in [k for k, v in properties.items() if personal_field(str(k), v)]:
+                del properties[key]
+        context = message.get("context")
+        if not isinstance(context, dict):
+            return
+        page = context.get("page")
+        if isinstance(page, dict):
+            for key, wanted in (("url", self.page_url), ("referrer", self.referrer)):
+                value = page.get(key)
+                if isinstance(value, str):
+                    kept = self.page(value, wanted)
+                    if kept is None:
+                        del page[key]
+                    else:
+                        page[key] = kept
+        user = context.get("user")
+        if isinstance(user, dict):
+            self._tiktok_user(user)
+
+    def _tiktok_user(self, user: dict[str, object]) -> None:
+        for key, field in _TIKTOK_USER.items():
+            if key not in user:
+                continue
+            value = user[key]
+            if not self.identifiers:
+                del user[key]
+            elif isinstance(value, list):  # identify() takes arrays: hash each, keep the shape
+                user[key] = [h for v in value if (h := _tiktok_hash(v, field))]
+            elif made := _tiktok_hash(value, field):
+                user[key] = made
+            else:
+                del user[key]
+
+    def tiktok_query(self, key: str, value: str) -> str | None:
+        """`analytics_message=<base64 JSON>`: the same scrub inside the encoded message."""
+        if key != "analytics_message":
+            return None if personal_param(key, value) else value
+        # Decoded exactly as the TikTok source decodes it (base64 of either alphabet, a `+`
+        # that became a space, or plain JSON), so nothing the source could read escapes.
+        message = decode_message(value)
+        if message is None:
+            return None  # unreadable: not kept, since we cannot tell what it holds
+        # Always re-encoded, scrubbed or not: the stored message is then exactly what the
+        # scrub saw (raw JSON may repeat a key; the parser keeps only the last copy).
+        self.tiktok(message)
+        return base64.b64encode(orjson.dumps(message)).decode()
 
 
 _META_PARAM: Final = re.compile(r"(?:ud|udff)\[(\w+)\]")
-
-
 _META_CUSTOM: Final = re.compile(r"cd\[(.+)\]")
 _GA4_FREE: Final = re.compile(r"(?:ep|epn|up|upn)\.(.+)")
-
-
-def _meta_rewrite(key: str, value: str) -> str | None:
-    """`ud[em]=<plain>` → Meta's hash of it (the pixel hashes these; a custom tag may not);
-    a custom-data field that is personal data (`cd[email]`) goes, as the pipeline drops it."""
-    custom = _META_CUSTOM.fullmatch(key)
-    if custom is not None:  # read as the Meta source reads it: JSON where it looks like JSON
-        return None if personal_field(custom[1], json_or_text(value)) else value
-    match = _META_PARAM.fullmatch(key)
-    if match is None or not value.strip() or already_hashed(value.strip()) is not None:
-        return value
-    field = USER_KEYS.get(match[1])
-    if field is None:
-        return value
-    return hashed("meta", field, value)
-
-
+_GA4_ITEM: Final = re.compile(r"pr[0-9]+")
 _GOOGLE_HASHED: Final = re.compile(r"(em|pn|fn\d*|ln\d*|sa\d*)")
-
-
 _GOOGLE_FIELDS: Final = {
     "em": "email",
     "pn": "phone",
@@ -125,6 +219,25 @@ _GOOGLE_FIELDS: Final = {
     "ln": "last_name",
     "sa": "street",
 }
+_TIKTOK_USER: Final[dict[str, str]] = {
+    "email": "email",
+    "phone_number": "phone",
+    "phone": "phone",
+    "external_id": "external_id",  # seen raw in real hits (docs/platforms.md §3.1)
+}
+
+
+def _google_user_data(value: str) -> str:
+    segments = []
+    for segment in value.split("~"):
+        name, dot, data = segment.partition(".")
+        if dot and data and _GOOGLE_HASHED.fullmatch(name) and already_hashed(data) is None:
+            made = _google_segment(name, data)
+            if made is None:
+                continue
+            segment = f"{name}.{made}"
+        segments.append(segment)
+    return "~".join(segments)
 
 
 def _google_segment(key: str, value: str) -> str | None:
@@ -135,72 +248,12 @@ def _google_segment(key: str, value: str) -> str | None:
     return base64.urlsafe_b64encode(bytes.fromhex(hexdigest)).rstrip(b"=").decode()
 
 
-def _ga4_rewrite(key: str, value: str) -> str | None:
-    """A client-sent `_uip` goes (only the gateway says where the client is); plain-text
-    segments of `em` (`tv.1~em.…~pn.…`) are hashed the way gtag would have."""
-    if key == "_uip":
-        return None
-    free = _GA4_FREE.fullmatch(key)
-    if free is not None:  # `ep.email=…`: personal data with no hashing rule goes
-        return None if personal_field(free[1], value) else value
-    if key == "uid":
-        # The user ID is the shop's external_id: never on disk in plain text
-        # (docs/operations.md §5).
-        return already_hashed(value.strip()) or sha256_hex(value.strip())
-    if key != "em":
-        return value
-    segments = []
-    for segment in value.split("~"):
-        name, dot, data = segment.partition(".")
-        if dot and data and _GOOGLE_HASHED.fullmatch(name) and already_hashed(data) is None:
-            hashed = _google_segment(name, data)
-            if hashed is None:
-                continue
-            segment = f"{name}.{hashed}"
-        segments.append(segment)
-    return "~".join(segments)
-
-
-_TIKTOK_USER: Final[dict[str, str]] = {
-    "email": "email",
-    "phone_number": "phone",
-    "phone": "phone",
-    "external_id": "external_id",  # seen raw in real hits (docs/platforms.md §3.1)
-}
-
-
-def _tiktok_scrub(message: object) -> bool:
-    """Hash plain-text `context.user` match keys in a pixel message and drop `properties`
-    that are personal data, in place; True if anything changed."""
-    changed = False
-    properties = message.get("properties") if isinstance(message, dict) else None
-    if isinstance(properties, dict):
-        for key in [k for k, v in properties.items() if personal_field(str(k), v)]:
-            del properties[key]
-            changed = True
-    context = message.get("context") if isinstance(message, dict) else None
-    user = context.get("user") if isinstance(context, dict) else None
-    if not isinstance(user, dict):
-        return changed
-    for key, field in _TIKTOK_USER.items():
-        if key not in user:
-            continue
-        value = user[key]
-        if isinstance(value, list):  # identify() takes arrays: hash each, keep the shape
-            hashed_list = [h for v in value if (h := _tiktok_hash(v, field))]
-            if hashed_list != value:
-                user[key] = hashed_list
-                changed = True
-            continue
-        made = _tiktok_hash(value, field)
-        if made == value:
-            continue
-        if made:
-            user[key] = made
-        else:
-            del user[key]
-        changed = True
-    return changed
+def _ga4_item(value: str) -> str | None:
+    """`pr1=id…~nm…~k0…~v0…`: a part whose text is an address or a phone number goes (a
+    custom item parameter's name stays without its value)."""
+    parts = value.split("~")
+    kept = [part for part in parts if not personal_text(part[2:])]
+    return value if len(kept) == len(parts) else "~".join(kept)
 
 
 def _tiktok_hash(value: object, field: str) -> str | None:
@@ -215,55 +268,42 @@ def _tiktok_hash(value: object, field: str) -> str | None:
     return hashed("tiktok", field, value)
 
 
-def _tiktok_query(key: str, value: str) -> str | None:
-    """`analytics_message=<base64 JSON>`: the same scrub inside the encoded message."""
-    if key != "analytics_message":
-        return value
-    # Decoded exactly as the TikTok source decodes it (base64 of either alphabet, a `+` that
-    # became a space, or plain JSON), so nothing the source could read escapes the scrub.
-    message = decode_message(value)
-    if message is None:
-        return None  # unreadable: not kept, since we cannot tell what it holds
-    # Always re-encoded, scrubbed or not: the stored message is then exactly what the scrub saw
-    # (raw JSON may repeat a key; the parser keeps only the last copy).
-    _tiktok_scrub(message)
-    return base64.b64encode(orjson.dumps(message)).decode()
-
-
 def _is_urlencoded(content_type: str | None) -> bool:
     return (content_type or "").lower().startswith("application/x-www-form-urlencoded")
 
 
-def scrubbed(raw: RawHit, line: int | None = None) -> tuple[str, bytes] | Rejected:
-    """The hit's query and body with plain-text personal data hashed by its vendor's rules.
+def scrubbed(event: Event, raw: RawHit, line: int | None = None) -> tuple[str, bytes] | Rejected:
+    """The hit's query and body as the gate lets them go: plain-text personal data hashed by
+    its vendor's rules or removed, every untouched parameter byte for byte.
 
     `line`: for a GA4 hit, the body line of the event at hand; only that line is kept.
     """
+    gate = _Gate.of(event)
     query, body = raw.query_string, raw.body
     if raw.vendor == "meta":
-        query = _rewrite_form(query, _meta_rewrite) or query
+        query = rewrite_pairs(query, gate.meta) or query
         if _is_urlencoded(raw.content_type):
-            text = _rewrite_form(body.decode("utf-8", "replace"), _meta_rewrite)
+            text = rewrite_pairs(body.decode("utf-8", "replace"), gate.meta)
             body = text.encode() if text is not None else body
-        elif any(_meta_rewrite(k, v) != v for k, v in form_pairs(body, raw.content_type)):
+        elif any(gate.meta(k, v) != v for k, v in form_pairs(body, raw.content_type)):
             return Rejected("forward: the hit's body carries plain-text personal data")
     elif raw.vendor == "ga4":
-        query = _rewrite_form(query, _ga4_rewrite) or query
+        query = rewrite_pairs(query, gate.ga4) or query
         # One event per non-blank body line, each a urlencoded list (docs/platforms.md §2.1).
         lines = [t for t in body.decode("utf-8", "replace").split("\n") if t.strip()]
         if line is not None and 0 <= line < len(lines):
             lines = [lines[line].strip()]
         if lines:
-            body = "\n".join(_rewrite_form(t, _ga4_rewrite) or t for t in lines).encode()
+            body = "\n".join(rewrite_pairs(t, gate.ga4) or t for t in lines).encode()
     else:
-        query = _rewrite_form(query, _tiktok_query) or query
+        query = rewrite_pairs(query, gate.tiktok_query) or query
         if body.strip():
             try:
                 message = orjson.loads(body)
             except orjson.JSONDecodeError:
                 message = None
-            if message is not None:  # re-serialized always, as in _tiktok_query
-                _tiktok_scrub(message)
+            if message is not None:  # re-serialized always, as in tiktok_query
+                gate.tiktok(message)
                 body = orjson.dumps(message)
     return query, body
 
@@ -284,13 +324,14 @@ class Forward(Destination):
     @property
     def requires(self) -> tuple[str, ...]:
         """Consent a forwarded hit needs when the config says nothing: the ad purposes for
-        Meta and TikTok, analytics for GA4 (whose hit carries gcs/gcd for Google itself).
-        Signals the vendor cannot see on the hit (GPC, a TCF cookie) are honoured here."""
+        Meta and TikTok. None for GA4: gtag itself sends a hit under denied consent (a
+        cookieless ping Google models from, its gcs/gcd saying what was denied), so a forward
+        passes it on, stripped of what consent forbids; `requires:` can still block it."""
         configured = self.settings.requires
         if configured is not None:
             return configured
         if self.settings.vendor == "ga4":
-            return ("analytics_storage",)
+            return ()
         return ("ad_storage", "ad_user_data")
 
     @property
@@ -314,7 +355,7 @@ class Forward(Destination):
         # the query with its own line, so the hit goes once in all, and an event the consent or
         # field rules kept from this destination never leaves in a neighbour's request.
         line = event.vendor_data.get("ga4", {}).get("line") if raw.vendor == "ga4" else None
-        clean = scrubbed(raw, line if isinstance(line, int) else None)
+        clean = scrubbed(event, raw, line if isinstance(line, int) else None)
         if isinstance(clean, Rejected):
             return clean
         query, body = clean
@@ -326,6 +367,7 @@ class Forward(Destination):
             "content_type": raw.content_type,
             "client_ip": event.user.client_ip,
             "user_agent": event.user.user_agent,
+            "accept_language": raw.accept_language,
         }
 
     def build_requests(self, items: Sequence[Item]) -> list[OutRequest]:
@@ -345,6 +387,8 @@ class Forward(Destination):
             headers["X-Forwarded-For"] = ip
         if p.get("user_agent"):
             headers["User-Agent"] = p["user_agent"]
+        if p.get("accept_language"):
+            headers["Accept-Language"] = p["accept_language"]
         body = base64.b64decode(p["body"]) if p["body"] else None
         if body is not None and p.get("content_type"):
             headers["Content-Type"] = p["content_type"]

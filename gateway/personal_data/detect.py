@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+import phonenumbers
+
 _NON_DIGITS: Final = re.compile(r"\D+")
 
 
@@ -58,7 +60,8 @@ _MAX_DEPTH: Final = 8
 
 def personal_field(key: str, value: object) -> bool:
     """True when a free-form field holds personal data: by its name and the kind of value it
-    holds, or an email address anywhere in it (keys and values, nested ones included)."""
+    holds, or an email address or a `+` phone number anywhere in it (keys and values, nested
+    ones included)."""
     return _personal(str(key), value, 0)
 
 
@@ -71,7 +74,7 @@ def _personal(key: str, value: object, depth: int) -> bool:
         return any(_personal(str(k), v, depth + 1) for k, v in value.items())
     if isinstance(value, list | tuple):
         return any(_personal(key, v, depth + 1) for v in value)
-    return holds_email(value)
+    return personal_text(value)
 
 
 def _words(key: str) -> list[str]:
@@ -104,3 +107,36 @@ def holds_email(value: object) -> bool:
         if len(labels) >= 2 and labels[-1].isalpha() and len(labels[-1]) >= 2:
             return True
     return False
+
+
+# A phone number in free text: a `+`, its country code and at least 7 more digits, separated
+# only as people write them (`+1 (415) 555-0100`, `+44 20 7946 0958`). Without the `+` a run of
+# digits is as likely an order number or a timestamp, and is left alone.
+_PHONE_IN_TEXT: Final = re.compile(r"(?<![\w+])\+[1-9][\d \t().\-/]{6,24}\d")
+
+
+def holds_phone(value: object) -> bool:
+    """True when a text holds a phone number written with `+` and its country code."""
+    if not isinstance(value, str) or "+" not in value:
+        return False
+    for match in _PHONE_IN_TEXT.finditer(value):
+        digits = _NON_DIGITS.sub("", match.group())
+        if 8 <= len(digits) <= 15:
+            try:
+                number = phonenumbers.parse(match.group(), None)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_possible_number(number):
+                return True
+    return False
+
+
+def personal_text(value: object) -> bool:
+    """True when a free text (a title, a product name, a note) holds an email address or a
+    phone number. Names cannot be told from other words: free text must not carry them."""
+    return holds_email(value) or holds_phone(value)
+
+
+def personal_param(name: str, value: str) -> bool:
+    """True when a URL or form parameter is personal data, judged as a free-form field is."""
+    return personal_field(name, value)

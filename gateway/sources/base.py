@@ -41,6 +41,7 @@ class Hit:
     received_at: float
     referer: str | None = None
     gpc: bool = False
+    accept_language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

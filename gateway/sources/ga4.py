@@ -290,6 +290,7 @@ class Ga4(Source):
             query_string=hit.query_string,
             body=hit.body,
             content_type=hit.content_type,
+            accept_language=hit.accept_language,
         )
         events: list[Event] = []
         skipped = 0

@@ -187,6 +187,7 @@ class MetaPixel(Source):
                 query_string=hit.query_string,
                 body=hit.body,
                 content_type=hit.content_type,
+                accept_language=hit.accept_language,
             ),
         )
         return Parsed(events=[event], notes=notes)

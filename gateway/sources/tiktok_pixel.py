@@ -308,6 +308,7 @@ class TikTokPixel(Source):
                 query_string=hit.query_string,
                 body=hit.body,
                 content_type=hit.content_type,
+                accept_language=hit.accept_language,
             ),
         )
 

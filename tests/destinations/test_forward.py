@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from gateway.destinations.base import Answer, Item, Rejected, Verdict
 from gateway.destinations.forward import Forward, ForwardSettings, Vendor, vendor_path
 from gateway.destinations.meta_capi import meta_user_data
-from gateway.event import Event, RawHit, User
+from gateway.event import PURPOSES, Consent, ConsentState, Event, RawHit, User
 from gateway.personal_data.hashing import sha256_hex
 
 
@@ -21,13 +21,21 @@ def _destination(vendor: Vendor, endpoint: str | None = None) -> Forward:
     return Forward(f"{vendor}_forward", settings)
 
 
+GRANTED = Consent(**dict.fromkeys(PURPOSES, ConsentState.GRANTED))
+
+
 def _event(raw: RawHit | None, **overrides: object) -> Event:
+    """The event a source made of the hit: its page URLs are the hit's own `dl` and `dr`/`rl`."""
+    params = parse_qs(raw.query_string) if raw else {}
     fields: dict[str, object] = {
         "event_id": "e1",
         "event_name": "page_view",
         "event_time": 1_795_000_000,
         "source": "meta_pixel",
+        "event_source_url": params.get("dl", [None])[0],
+        "referrer": (params.get("dr") or params.get("rl") or [None])[0],
         "user": User(client_ip="203.0.113.9", user_agent="Mozilla/5.0 (X11)"),
+        "consent": GRANTED,
         "raw": raw,
     }
     fields.update(overrides)
@@ -75,6 +83,7 @@ def test_a_meta_get_hit_goes_out_unchanged_to_facebook() -> None:
         "content_type": None,
         "client_ip": "203.0.113.9",
         "user_agent": "Mozilla/5.0 (X11)",
+        "accept_language": None,
     }
     (request,) = dest.build_requests([Item(7, payload)])
     assert request.method == "GET"
@@ -298,7 +307,8 @@ def test_every_transport_of_analytics_message_is_scrubbed(encode: object) -> Non
 
 def test_a_forward_needs_consent_the_hit_itself_cannot_carry() -> None:
     assert _destination("meta").requires == ("ad_storage", "ad_user_data")
-    assert _destination("ga4").requires == ("analytics_storage",)
+    # GA4: gtag sends its cookieless pings under denied consent; a forward passes them on.
+    assert _destination("ga4").requires == ()
     settings = ForwardSettings(type="forward", vendor="meta", requires=[])
     assert Forward("f", settings).requires == ()
 
@@ -333,3 +343,48 @@ def test_the_scrub_reads_free_form_fields_as_the_sources_do() -> None:
     stored = base64.b64decode(str(tiktok["body"]))
     assert b"jane" not in stored
     assert orjson.loads(stored)["properties"] == {"value": 1}
+
+
+DENIED_AD_USER_DATA = Consent(
+    **{**dict.fromkeys(PURPOSES, ConsentState.GRANTED), "ad_user_data": ConsentState.DENIED}
+)
+
+
+def test_without_ad_user_data_no_hashed_identifier_is_forwarded() -> None:
+    made = "c" * 64
+    meta_query = f"id=1&ev=Lead&ud[em]={made}&udff[fn]=Jane&ud[external_id]=cust-42&cd[x]=1"
+    ga4_query = f"v=2&en=x&em=tv.1~em.{made}&uid=cust-42&ep.tier=gold"
+    message = {
+        "event": "Lead",
+        "context": {"user": {"email": made, "phone_number": "+14155550100", "external_id": "c"}},
+    }
+    tiktok_hit = _hit("tiktok", body=orjson.dumps(message), content_type="application/json")
+    for consent, kept in ((DENIED_AD_USER_DATA, False), (GRANTED, True)):
+        meta = _prepared(_destination("meta"), _event(_hit("meta", meta_query), consent=consent))
+        ga4 = _prepared(_destination("ga4"), _event(_hit("ga4", ga4_query), consent=consent))
+        tiktok = _prepared(_destination("tiktok"), _event(tiktok_hit, consent=consent))
+        meta_keys = set(dict(parse_qsl(str(meta["query"]))))
+        ga4_keys = set(dict(parse_qsl(str(ga4["query"]))))
+        user = orjson.loads(base64.b64decode(str(tiktok["body"])))["context"]["user"]
+        assert ({"ud[em]", "udff[fn]", "ud[external_id]"} <= meta_keys) is kept
+        assert ({"em", "uid"} <= ga4_keys) is kept
+        assert (set(user) == {"email", "phone_number", "external_id"}) is kept
+        assert {"cd[x]", "ep.tier"} <= meta_keys | ga4_keys  # the rest of the hit goes either way
+
+
+def test_untouched_parameters_keep_their_bytes_when_others_change() -> None:
+    query = "v=2&en=x&ep.q=a%26b%2B1&ep.email=jane%40example.com&ep.p=%25&ep.s=a+b"
+    ga4 = _prepared(_destination("ga4"), _event(_hit("ga4", query)))
+    assert ga4["query"] == "v=2&en=x&ep.q=a%26b%2B1&ep.p=%25&ep.s=a+b"
+
+
+def test_page_urls_are_the_events_after_the_gate_and_the_rules() -> None:
+    page = "https%3A%2F%2Fs.example%2Fp%3Fsku%3D7%26token%3Dt1"
+    hit = _hit("ga4", f"v=2&en=x&dl={page}&dr={page}")
+    kept = _prepared(_destination("ga4"), _event(hit))
+    assert kept["query"] == f"v=2&en=x&dl={page}&dr={page}"  # left as it was: byte for byte
+    redacted = _prepared(
+        _destination("ga4"),
+        _event(hit, event_source_url="https://s.example/p?sku=7", referrer=None),
+    )
+    assert redacted["query"] == "v=2&en=x&dl=https%3A%2F%2Fs.example%2Fp%3Fsku%3D7"

@@ -1,0 +1,242 @@
+"""Personal data on the side paths: page URLs, `forward`, `dry_run` (contract §7, §8).
+
+Each test searches the real SQLite files (main, -wal, -shm) and what the fake platforms got,
+beside a control that proves the search would have found the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Config
+from tests.conftest import FakePlatform, Gateway, Recorded, eventually
+
+Start = Callable[[Config], Awaitable[Gateway]]
+MakeConfig = Callable[[str], Config]
+
+UA = "Mozilla/5.0 (X11)"
+EMAIL = "jane@example.com"
+LEAKS = (EMAIL.encode(), b"jane%40example.com", b"jane%2540example.com")
+
+
+def _answer(recorded: Recorded) -> web.Response:
+    if recorded.path.startswith("/open_api/"):
+        return web.json_response({"code": 0, "message": "OK"})
+    if recorded.path.startswith(("/mp/", "/g/")):
+        return web.Response(status=204)
+    if "/events" in recorded.path:
+        return web.json_response({"events_received": 1})
+    return web.Response(status=200, body=b"GIF89a", content_type="image/gif")
+
+
+def _config(make_config: MakeConfig, endpoint: str, extra: str = "") -> Config:
+    return make_config(
+        f"""
+consent: {{default: granted, honor_gpc: true}}
+destinations:
+  meta:
+    type: meta_capi
+    pixel_id: "1234567890"
+    access_token: TOKEN
+    endpoint: {endpoint}
+    on_denied: limited
+    batch: {{max_wait_ms: 0}}
+  ga4:
+    type: ga4_mp
+    measurement_id: G-ABC123
+    api_secret: SECRET
+    endpoint: {endpoint}
+    batch: {{max_wait_ms: 0}}
+  tiktok:
+    type: tiktok_events
+    pixel_code: CABC123
+    access_token: TT
+    endpoint: {endpoint}
+    batch: {{max_wait_ms: 0}}
+  meta_forward: {{type: forward, vendor: meta, endpoint: "{endpoint}", batch: {{max_wait_ms: 0}}}}
+  ga4_forward: {{type: forward, vendor: ga4, endpoint: "{endpoint}", batch: {{max_wait_ms: 0}}}}
+sources:
+  meta_pixel: {{send_to: [meta, meta_forward]}}
+  ga4: {{send_to: [ga4, ga4_forward]}}
+  tiktok_pixel: {{send_to: [tiktok]}}
+  server: {{send_to: [meta, ga4], api_keys: [k]}}
+{extra}
+"""
+    )
+
+
+def on_disk(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.iterdir() if p.name.startswith(db.name))
+
+
+def _sent(platform: FakePlatform) -> bytes:
+    return b"".join(
+        r.path.encode() + b"?" + "&".join(f"{k}={v}" for k, v in r.query.items()).encode() + r.body
+        for r in platform.requests
+    )
+
+
+async def _settle(gw: Gateway, count: int) -> None:
+    async def done() -> bool:
+        rows = await gw.rows("SELECT status FROM deliveries")
+        return len(rows) >= count and all(r[0] not in ("queued", "failed") for r in rows)
+
+    await eventually(done, within=15)
+
+
+async def test_an_email_in_a_page_url_is_neither_stored_nor_sent(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, db_path: Path
+) -> None:
+    fake_platform.default = _answer
+    gw = await start_gateway(_config(make_config, fake_platform.url))
+    page = "https%3A%2F%2Fshop.example%2Fthanks%3Femail%3Djane%40example.com%26sku%3D7"
+    ts = int(time.time() * 1000)
+    meta = await gw.client.get(
+        f"/tr/?id=1234567890&ev=PageView&eid=m-1&ts={ts}&dl={page}&rl={page}",
+        headers={"User-Agent": UA},
+    )
+    ga4 = await gw.client.get(
+        f"/g/collect?v=2&tid=G-ABC123&cid=1.2&en=page_view&ep.event_id=g-1&dl={page}&dr={page}",
+        headers={"User-Agent": UA},
+    )
+    tiktok = await gw.client.post(
+        "/api/v2/pixel",
+        json={
+            "event": "Pageview",
+            "event_id": "t-1",
+            "context": {
+                "pixel": {"code": "CABC123"},
+                "page": {"url": f"https://shop.example/p?tel=%2B14155550100&e={EMAIL}&sku=7"},
+            },
+        },
+        headers={"User-Agent": UA},
+    )
+    server = await gw.client.post(
+        "/v1/events",
+        json={
+            "events": [
+                {
+                    "event_id": "s-1",
+                    "event_name": "purchase",
+                    "event_time": int(time.time()) - 5,
+                    "event_source_url": f"https://shop.example/thanks?customer_email={EMAIL}"
+                    "&sku=7#/done?phone=%2B14155550100",
+                    "referrer": f"https://shop.example/cart?user%5Bemail%5D={EMAIL}&sku=7",
+                    "user": {"email": "x@y.example", "client_ip": "203.0.113.9", "user_agent": UA},
+                    "custom": {"value": "10", "currency": "EUR"},
+                    "consent": {"ad_user_data": "denied"},
+                }
+            ]
+        },
+        headers={"Authorization": "Bearer k"},
+    )
+    assert (meta.status, ga4.status, tiktok.status, server.status) == (200, 204, 200, 202)
+    await _settle(gw, 7)
+    await eventually(lambda: len(fake_platform.requests) >= 7, within=15)
+    await gw.client.close()
+
+    sent, disk = _sent(fake_platform), on_disk(db_path)
+    for needle in (*LEAKS, b"4155550100"):
+        assert needle not in sent, needle
+        assert needle not in disk, needle
+    # The controls: every page URL arrived, the rest of it intact.
+    assert sent.count(b"sku") >= 7
+    meta_hit = next(r for r in fake_platform.requests if r.path == "/tr/")
+    assert meta_hit.query["dl"] == "https://shop.example/thanks?sku=7"
+    ga4_hit = next(r for r in fake_platform.requests if r.path == "/g/collect")
+    assert ga4_hit.query["dr"] == "https://shop.example/thanks?sku=7"
+
+
+async def test_forward_keeps_the_query_bytes_and_obeys_redact_url_params(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    rules = "rules:\n  - redact_url_params: [token]\n"
+    gw = await start_gateway(_config(make_config, fake_platform.url, rules))
+    page = "https%3A%2F%2Fshop.example%2Fs%3Fq%3Da%2526b%26token%3Dsecret1"
+    query = f"v=2&tid=G-ABC123&cid=1.2&en=page_view&ep.event_id=g-2&ep.q=a%26b&dl={page}"
+    response = await gw.client.get(
+        f"/g/collect?{query}", headers={"User-Agent": UA, "Accept-Language": "de-CH,de;q=0.9"}
+    )
+    assert response.status == 204
+    await eventually(lambda: any(r.path == "/g/collect" for r in fake_platform.requests))
+    hit = next(r for r in fake_platform.requests if r.path == "/g/collect")
+    raw = hit.raw_query
+    assert "ep.q=a%26b" in raw  # not `ep.q=a&b`: the browser's encoding, kept
+    assert "secret1" not in raw
+    assert "token" not in raw
+    assert hit.query["dl"] == "https://shop.example/s?q=a%26b"
+    assert hit.headers["Accept-Language"] == "de-CH,de;q=0.9"
+    assert hit.headers["User-Agent"] == UA
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+
+
+async def test_under_gpc_the_ga4_forward_carries_no_hashed_identifier(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    gw = await start_gateway(_config(make_config, fake_platform.url))
+    em = f"tv.1~em.{_b64(EMAIL)}"
+    for eid, headers in (("gpc", {"Sec-GPC": "1"}), ("no-gpc", {})):
+        response = await gw.client.get(
+            f"/g/collect?v=2&tid=G-ABC123&cid=1.2&en=login&ep.event_id={eid}&gcs=G111"
+            f"&em={em}&uid=cust-42&dl=https%3A%2F%2Fshop.example%2F",
+            headers={"User-Agent": UA, **headers},
+        )
+        assert response.status == 204
+    await eventually(lambda: sum(r.path == "/g/collect" for r in fake_platform.requests) == 2)
+    hits = {r.query["ep.event_id"]: r for r in fake_platform.requests if r.path == "/g/collect"}
+    assert "em" not in hits["gpc"].query
+    assert "uid" not in hits["gpc"].query
+    # The control: without GPC the hashed email and user ID go on.
+    assert hits["no-gpc"].query["em"] == em
+    assert hits["no-gpc"].query["uid"] == hashlib.sha256(b"cust-42").hexdigest()
+
+
+async def test_a_consent_mode_ping_is_forwarded_as_gtag_would_send_it(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    blocked = """
+  blocked_forward:
+    type: forward
+    vendor: ga4
+    endpoint: {url}
+    requires: [analytics_storage]
+    batch: {{max_wait_ms: 0}}
+"""
+    text = f"""
+consent: {{default: granted}}
+destinations:
+  ga4_forward:
+    type: forward
+    vendor: ga4
+    endpoint: {fake_platform.url}
+    batch: {{max_wait_ms: 0}}
+{blocked.format(url=fake_platform.url)}
+sources:
+  ga4: {{send_to: [ga4_forward, blocked_forward]}}
+"""
+    gw = await start_gateway(make_config(text))
+    em = f"tv.1~em.{_b64(EMAIL)}"
+    response = await gw.client.get(
+        f"/g/collect?v=2&tid=G-ABC123&cid=1.2&en=page_view&ep.event_id=p-1&gcs=G100&em={em}"
+        "&dl=https%3A%2F%2Fshop.example%2F",
+        headers={"User-Agent": UA},
+    )
+    assert response.status == 204
+    await _settle(gw, 2)
+    rows = dict(await gw.rows("SELECT destination, status FROM deliveries"))
+    assert rows == {"ga4_forward": "sent", "blocked_forward": "dropped_consent"}
+    (hit,) = [r for r in fake_platform.requests if r.path == "/g/collect"]
+    assert hit.query["gcs"] == "G100"
+    assert "em" not in hit.query  # gcs=G100 denies ad_storage, and ad_user_data with it
