@@ -164,6 +164,49 @@ class RawHit:
 
 
 @dataclass(frozen=True, slots=True)
+class MetaExtras:
+    """What a Meta pixel hit carries that only a Meta destination reads."""
+
+    pixel_id: str
+    dpo: str | None = None
+    """Limited Data Use as the pixel sent it (`dpo`, a comma list; docs/consent.md §5)."""
+    dpoco: str | None = None
+    dpost: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ga4Extras:
+    """What a GA4 hit carries that only a GA4 destination reads (session, engagement, user
+    properties, whole items), and where in its request the event was."""
+
+    measurement_id: str
+    event_name: str
+    """The name gtag sent (`en`), before it became canonical."""
+    line: int = 0
+    """Which event of the request this is (line `line` of `lines` of a POST body): every
+    event of a hit carries the whole request in `raw`, and a forward sends it once."""
+    lines: int = 1
+    session_id: str | None = None
+    session_count: int | None = None
+    session_engaged: int | None = None
+    engagement_time_msec: int | None = None
+    page_load_id: str | None = None
+    hit_sequence: int | None = None
+    user_properties: Mapping[str, JSON] = field(default_factory=dict)
+    items: tuple[Mapping[str, JSON], ...] = ()
+    """The hit's own items, every item field kept, after the personal-data gate."""
+
+
+@dataclass(frozen=True, slots=True)
+class TikTokExtras:
+    """What a TikTok pixel hit carries that only a TikTok destination reads."""
+
+    event: str
+    """The name as received, so the Events API copy matches the browser's (legacy names stay)."""
+    pixel_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One canonical event (docs/http.md §4)."""
 
@@ -186,8 +229,10 @@ class Event:
     """Consent asked for this event to go out stripped of identifiers (`on_denied: limited`)."""
     dedupable: bool = True
     """False when the source had no event ID and one was generated (the report counts these)."""
-    vendor_data: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
-    """Per-vendor extras only that vendor's destination reads (`vendor_data["meta"]["dpo"]`)."""
+    meta: MetaExtras | None = None
+    ga4: Ga4Extras | None = None
+    tiktok: TikTokExtras | None = None
+    """Per-vendor extras from a browser hit; only that vendor's destinations read them."""
     raw: RawHit | None = None
 
 

@@ -354,8 +354,8 @@ class Forward(Destination):
         # A GA4 hit can hold many events, all carrying the same raw hit: each delivery forwards
         # the query with its own line, so the hit goes once in all, and an event the consent or
         # field rules kept from this destination never leaves in a neighbour's request.
-        line = event.vendor_data.get("ga4", {}).get("line") if raw.vendor == "ga4" else None
-        clean = scrubbed(event, raw, line if isinstance(line, int) else None)
+        line = event.ga4.line if raw.vendor == "ga4" and event.ga4 else None
+        clean = scrubbed(event, raw, line)
         if isinstance(clean, Rejected):
             return clean
         query, body = clean

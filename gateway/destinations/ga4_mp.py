@@ -162,8 +162,8 @@ _ITEM_KEYS: Final = {
 def _items(event: Event) -> list[dict[str, JSON]]:
     """`items[]`: a GA4 hit's own items when it had them (every item field kept), else the
     canonical contents."""
-    ga4_items = event.vendor_data.get("ga4", {}).get("items")
-    if isinstance(ga4_items, list) and ga4_items:
+    ga4_items = event.ga4.items if event.ga4 else ()
+    if ga4_items:
         rows = [
             {k: v for k, v in item.items() if isinstance(k, str) and _scalar(v)}
             for item in ga4_items
@@ -185,10 +185,8 @@ def _items(event: Event) -> list[dict[str, JSON]]:
 def user_properties(event: Event) -> dict[str, JSON]:
     """`user_properties` a GA4 hit carried (`up.<n>`), within GA4's limits (24-char names,
     36-char values, 25 of them); anything dropped or cut is logged."""
-    raw = event.vendor_data.get("ga4", {}).get("user_properties")
+    raw = event.ga4.user_properties if event.ga4 else {}
     out: dict[str, JSON] = {}
-    if not isinstance(raw, dict):
-        return out
     for name, value in raw.items():
         valid = isinstance(name, str) and _PROPERTY.fullmatch(name) and _scalar(value)
         if not valid or name.startswith(_RESERVED_PREFIXES) or len(out) >= MAX_PARAMS:
@@ -220,7 +218,8 @@ def _engagement_ms(raw: object) -> int | None:
 def event_params(event: Event) -> dict[str, JSON]:
     """The event's `params` within GA4's limits: values cut, extras past 25 dropped (logged)."""
     custom = event.custom
-    ga4 = event.vendor_data.get("ga4", {})
+    ga4 = event.ga4
+    session_id = ga4.session_id if ga4 and not event.limited else None
     standard: dict[str, JSON] = {
         "page_location": event.event_source_url,
         "page_referrer": event.referrer,
@@ -233,10 +232,8 @@ def event_params(event: Event) -> dict[str, JSON]:
         "search_term": custom.search_string,
         # Both needed for realtime reports and session attribution (docs/platforms.md §2.2).
         # A consent-limited event keeps no session: it would tie the stripped events together.
-        "session_id": ga4.get("session_id")
-        if _scalar(ga4.get("session_id")) and not event.limited
-        else None,
-        "engagement_time_msec": _engagement_ms(ga4.get("engagement_time_msec")),
+        "session_id": session_id,
+        "engagement_time_msec": _engagement_ms(ga4.engagement_time_msec) if ga4 else None,
         "event_id": event.event_id,
     }
     params = {k: _fit(event.event_id, k, v) for k, v in standard.items() if v is not None}

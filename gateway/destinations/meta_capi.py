@@ -143,18 +143,18 @@ def server_event(event: Event, ldu: LimitedDataUse | None = None) -> dict[str, J
     custom = meta_custom_data(event)
     if custom:
         body["custom_data"] = custom
-    meta = event.vendor_data.get("meta", {})
+    meta = event.meta
     if event.limited:
         ldu = ldu or LimitedDataUse()
         body["data_processing_options"] = list(ldu.options)
         body["data_processing_options_country"] = ldu.country
         body["data_processing_options_state"] = ldu.state
-    elif "dpo" in meta:
-        options = [o for o in str(meta["dpo"]).split(",") if o]
+    elif meta is not None and meta.dpo is not None:
+        options = [o for o in meta.dpo.split(",") if o]
         body["data_processing_options"] = options
         if options:
-            body["data_processing_options_country"] = _int(meta.get("dpoco"))
-            body["data_processing_options_state"] = _int(meta.get("dpost"))
+            body["data_processing_options_country"] = _int(meta.dpoco)
+            body["data_processing_options_state"] = _int(meta.dpost)
     return body
 
 

@@ -106,10 +106,16 @@ def tiktok_properties(event: Event) -> dict[str, JSON]:
 def event_name(event: Event) -> str:
     """The name a TikTok pixel sent, unchanged, so it matches the browser's own copy
     (docs/platforms.md §4.2); else the canonical name mapped to TikTok's."""
-    received = event.vendor_data.get("tiktok", {}).get("event")
-    if isinstance(received, str) and received:
-        return received
+    if event.tiktok and event.tiktok.event:
+        return event.tiktok.event
     return names.from_canonical("tiktok", event.event_name)
+
+
+def limited_data_use(event: Event) -> bool:
+    """TikTok's per-event `limited_data_use`, set where Meta's Limited Data Use would be
+    (docs/consent.md §5): an event consent limited, or one under Global Privacy Control (a US
+    opt-out of sale and sharing, what LDU exists for)."""
+    return event.limited or event.consent_signals.get("gpc") == "1"
 
 
 def web_event(event: Event) -> dict[str, JSON]:
@@ -127,7 +133,7 @@ def web_event(event: Event) -> dict[str, JSON]:
     if any(page.values()):
         body["page"] = {k: v for k, v in page.items() if v}
     # Set where Meta's Limited Data Use would be (docs/consent.md §5), by whoever resolved consent.
-    if event.vendor_data.get("tiktok", {}).get("limited_data_use"):
+    if limited_data_use(event):
         body["limited_data_use"] = True
     return body
 

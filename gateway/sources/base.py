@@ -60,7 +60,7 @@ class Source(ABC):
 
     name: ClassVar[str]
     vendor: ClassVar[str | None]
-    """The vendor whose destinations may read this source's `vendor_data` (and `forward` it)."""
+    """The vendor whose destinations may read this source's extras (`Event.meta`...) and hits."""
     settings_model: ClassVar[type[SourceSettings]] = SourceSettings
     default_path: ClassVar[str]
 

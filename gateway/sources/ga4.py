@@ -3,7 +3,7 @@
 Parameter meanings: docs/platforms.md §2.1. No official spec exists; the layout is
 reverse-engineered.
 What only a GA4 destination can use (session, engagement, user properties, whole items) rides in
-`vendor_data["ga4"]`; build info, screen size, campaign and promotion fields are dropped.
+`Event.ga4`; build info, screen size, campaign and promotion fields are dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from multidict import MultiDict
 from pydantic import Field
 
 from gateway import names
-from gateway.event import JSON, Content, Custom, Event, RawHit, User, new_event_id
+from gateway.event import JSON, Content, Custom, Event, Ga4Extras, RawHit, User, new_event_id
 from gateway.personal_data.detect import personal_field
 from gateway.personal_data.hashing import b64url_digest_to_hex
 from gateway.settings import SourceSettings
@@ -300,10 +300,11 @@ class Ga4(Source):
                 continue
             events.append(self._event(hit, params, raw, index, len(batches)))
         notes = {"transport": "post-lines" if lines else "query", "events": str(len(events))}
-        first = events[0].vendor_data["ga4"] if events else {}
-        for key, note in (("measurement_id", "tid"), ("page_load_id", "_p")):
-            if first.get(key):
-                notes[note] = str(first[key])[:64]
+        first = events[0].ga4 if events else None
+        if first is not None:
+            notes["tid"] = first.measurement_id[:64]
+            if first.page_load_id:
+                notes["_p"] = first.page_load_id[:64]
         if skipped:
             notes["skipped"] = str(skipped)
         if len(lines) > MAX_EVENTS:
@@ -361,36 +362,28 @@ class Ga4(Source):
             consent_signals=consent,
             received_at=hit.received_at,
             dedupable=dedupable,
-            vendor_data={"ga4": self._vendor_data(params, en, items, index, count)},
+            ga4=self._extras(params, en, items, index, count),
             raw=raw,
         )
 
     @staticmethod
-    def _vendor_data(
+    def _extras(
         params: MultiDict[str], en: str, items: list[dict[str, JSON]], index: int, count: int
-    ) -> dict[str, JSON]:
-        data: dict[str, JSON] = {
-            "measurement_id": str(params["tid"]).strip(),
-            "event_name": en,
-            # Every event of a hit carries the whole request in `raw`: a transparent forward
-            # must send it once per hit, not once per event (line `index` of `count`).
-            "line": index,
-            "lines": count,
-        }
-        optional: dict[str, JSON] = {
-            "session_id": _text(params.get("sid"), 64),
-            "session_count": int_or_none(params.get("sct")),
-            "session_engaged": int_or_none(params.get("seg")),
-            "engagement_time_msec": int_or_none(params.get("_et")),
-            "page_load_id": _text(params.get("_p"), 64),
-            "hit_sequence": int_or_none(params.get("_s")),
-        }
-        data.update({k: v for k, v in optional.items() if v is not None})
-        if props := _user_properties(params):
-            data["user_properties"] = props
-        if items:
-            data["items"] = items
-        return data
+    ) -> Ga4Extras:
+        return Ga4Extras(
+            measurement_id=str(params["tid"]).strip(),
+            event_name=en,
+            line=index,
+            lines=count,
+            session_id=_text(params.get("sid"), 64),
+            session_count=int_or_none(params.get("sct")),
+            session_engaged=int_or_none(params.get("seg")),
+            engagement_time_msec=int_or_none(params.get("_et")),
+            page_load_id=_text(params.get("_p"), 64),
+            hit_sequence=int_or_none(params.get("_s")),
+            user_properties=_user_properties(params),
+            items=tuple(items),
+        )
 
     def answer(self, hit: Hit | None) -> web.Response:
         return web.Response(status=204)

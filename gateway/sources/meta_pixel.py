@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from gateway import names
-from gateway.event import Custom, Event, RawHit, User, new_event_id
+from gateway.event import Custom, Event, MetaExtras, RawHit, User, new_event_id
 from gateway.sources.base import Hit, Outcome, Parsed, Source
 from gateway.sources.coerce import (
     contents_from,
@@ -166,7 +166,6 @@ class MetaPixel(Source):
             fbp=params.get("fbp") or hit.cookies.get("_fbp") or None,
             fbc=fbc or None,
         )
-        ldu = {k: str(params[k]) for k in _LDU_KEYS if k in params}
         event = Event(
             event_id=event_id or new_event_id(),
             event_name=names.to_canonical("meta", ev),
@@ -179,7 +178,9 @@ class MetaPixel(Source):
             custom=_custom(bracketed.custom),
             received_at=hit.received_at,
             dedupable=event_id is not None,
-            vendor_data={"meta": {"pixel_id": pixel_id, **ldu}},
+            meta=MetaExtras(
+                pixel_id=pixel_id, **{k: str(params[k]) for k in _LDU_KEYS if k in params}
+            ),
             raw=RawHit(
                 vendor="meta",
                 method=hit.method,

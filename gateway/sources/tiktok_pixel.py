@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway import names
-from gateway.event import JSON, Content, Custom, Event, RawHit, User, new_event_id
+from gateway.event import Content, Custom, Event, RawHit, TikTokExtras, User, new_event_id
 from gateway.sources.base import Hit, Outcome, Parsed, Source
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
 from gateway.sources.meta_pixel import GIF
@@ -202,8 +202,8 @@ class TikTokPixel(Source):
         event = self._event(hit, _obj(document))
         if event is None:
             return Parsed(outcome=Outcome.IGNORED, reason="no event", notes=notes)
-        if code := event.vendor_data["tiktok"].get("pixel_code"):
-            notes["pixel_code"] = str(code)
+        if event.tiktok and event.tiktok.pixel_code:
+            notes["pixel_code"] = event.tiktok.pixel_code
         return Parsed(events=[event], notes=notes)
 
     def _event(self, hit: Hit, doc: Mapping[str, Any]) -> Event | None:
@@ -282,9 +282,6 @@ class TikTokPixel(Source):
         custom: Custom,
         pixel_code: str | None,
     ) -> Event:
-        tiktok: dict[str, JSON] = {"event": name}
-        if pixel_code:
-            tiktok["pixel_code"] = pixel_code
         return Event(
             event_id=event_id or new_event_id(),
             event_name=names.to_canonical("tiktok", name),
@@ -300,7 +297,7 @@ class TikTokPixel(Source):
             dedupable=event_id is not None,
             # The name as received, so a TikTok destination sends exactly what a browser copy
             # would carry (docs/platforms.md §4.2 recommendation; legacy names stay legacy).
-            vendor_data={"tiktok": tiktok},
+            tiktok=TikTokExtras(event=name, pixel_code=pixel_code),
             raw=RawHit(
                 vendor="tiktok",
                 method=hit.method,

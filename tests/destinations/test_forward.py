@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from gateway.destinations.base import Answer, Item, Rejected, Verdict
 from gateway.destinations.forward import Forward, ForwardSettings, Vendor, vendor_path
 from gateway.destinations.meta_capi import meta_user_data
-from gateway.event import PURPOSES, Consent, ConsentState, Event, RawHit, User
+from gateway.event import PURPOSES, Consent, ConsentState, Event, Ga4Extras, RawHit, User
 from gateway.personal_data.hashing import sha256_hex
 
 
@@ -163,8 +163,8 @@ def test_each_ga4_event_forwards_its_own_line() -> None:
     dest = _destination("ga4")
     body = b"en=page_view&_et=3674\n\nen=click&_et=799&dt=Test%20Page\n"
     hit = _hit("ga4", "v=2&tid=G-ABC123&cid=1.2", body, content_type="text/plain")
-    first = _prepared(dest, _event(hit, vendor_data={"ga4": {"line": 0}}))
-    second = _prepared(dest, _event(hit, vendor_data={"ga4": {"line": 1}}))
+    first = _prepared(dest, _event(hit, ga4=Ga4Extras("G-ABC123", "page_view", line=0, lines=2)))
+    second = _prepared(dest, _event(hit, ga4=Ga4Extras("G-ABC123", "click", line=1, lines=2)))
     assert base64.b64decode(str(first["body"])) == b"en=page_view&_et=3674"
     assert base64.b64decode(str(second["body"])) == b"en=click&_et=799&dt=Test%20Page"
     whole = _prepared(dest, _event(hit))

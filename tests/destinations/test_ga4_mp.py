@@ -21,7 +21,7 @@ from gateway.destinations.ga4_mp import (
     event_payload,
     google_user_data,
 )
-from gateway.event import Consent, ConsentState, Content, Custom, Event, User
+from gateway.event import Consent, ConsentState, Content, Custom, Event, Ga4Extras, User
 from gateway.personal_data.hashing import sha256_hex
 from gateway.personal_data.platforms import google_email, google_name, google_phone
 
@@ -97,15 +97,14 @@ def _browser_event(**overrides: object) -> Event:
             page_title="Fleece",
             extra={"coupon": "SUMMER", "bad-name": "x", "nested": {"a": 1}},
         ),
-        "vendor_data": {
-            "ga4": {
-                "session_id": "1691096027",
-                "engagement_time_msec": 3674,
-                "items": [{"item_id": "SKU-1", "item_name": "Fleece", "item_variant": "Blue"}],
-                "user_properties": {"tier": "gold"},
-                "line": 0,
-            }
-        },
+        "ga4": Ga4Extras(
+            measurement_id="G-ABC123",
+            event_name="purchase",
+            session_id="1691096027",
+            engagement_time_msec=3674,
+            items=({"item_id": "SKU-1", "item_name": "Fleece", "item_variant": "Blue"},),
+            user_properties={"tier": "gold"},
+        ),
     }
     fields.update(overrides)
     return Event(**fields)  # type: ignore[arg-type]
@@ -397,7 +396,7 @@ def test_a_body_over_130_kb_is_split() -> None:
         _browser_event(
             event_id=f"e{i}",
             custom=Custom(extra=extra),
-            vendor_data={"ga4": {"items": items}},
+            ga4=Ga4Extras("G-ABC123", "purchase", items=tuple(items)),
         )
         for i in range(25)
     ]
@@ -466,7 +465,9 @@ def test_a_limited_event_keeps_no_session_or_user_properties() -> None:
         event_name="page_view",
         event_time=1_795_000_000,
         source="ga4",
-        vendor_data={"ga4": {"session_id": "1795000000", "user_properties": {"tier": "gold"}}},
+        ga4=Ga4Extras(
+            "G-ABC123", "page_view", session_id="1795000000", user_properties={"tier": "gold"}
+        ),
     )
     whole = event_payload(event)
     limited = event_payload(dataclasses.replace(event, limited=True))

@@ -15,7 +15,7 @@ from gateway.destinations.tiktok_events import (
     classify_tiktok,
     tiktok_user,
 )
-from gateway.event import Content, Custom, Event, User
+from gateway.event import Content, Custom, Event, TikTokExtras, User
 from gateway.personal_data.hashing import sha256_hex
 
 
@@ -77,7 +77,7 @@ def _browser_event(**overrides: object) -> Event:
             ttp="ttp-2",
         ),
         "custom": Custom(value=Decimal("99.95"), currency="USD", search_string="fleece"),
-        "vendor_data": {"tiktok": {"event": "CompletePayment", "pixel_code": "CABC123"}},
+        "tiktok": TikTokExtras(event="CompletePayment", pixel_code="CABC123"),
     }
     fields.update(overrides)
     return Event(**fields)  # type: ignore[arg-type]
@@ -142,10 +142,7 @@ def test_browser_event_keeps_the_name_as_received() -> None:
 
 
 def test_content_ids_alone_become_contents_and_limited_data_use_is_passed() -> None:
-    event = _browser_event(
-        custom=Custom(content_ids=("a", "b")),
-        vendor_data={"tiktok": {"limited_data_use": True}},
-    )
+    event = _browser_event(custom=Custom(content_ids=("a", "b")), limited=True, tiktok=None)
     payload = TikTokEvents.preview(event)
     assert payload["event"] == "Purchase"  # no name as received: mapped from canonical
     assert payload["properties"] == {"contents": [{"content_id": "a"}, {"content_id": "b"}]}

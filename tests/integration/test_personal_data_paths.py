@@ -240,3 +240,33 @@ sources:
     (hit,) = [r for r in fake_platform.requests if r.path == "/g/collect"]
     assert hit.query["gcs"] == "G100"
     assert "em" not in hit.query  # gcs=G100 denies ad_storage, and ad_user_data with it
+
+
+async def test_tiktok_gets_limited_data_use_where_meta_would(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    text = f"""
+consent: {{default: granted, honor_gpc: true}}
+destinations:
+  tiktok:
+    type: tiktok_events
+    pixel_code: CABC123
+    access_token: TT
+    endpoint: {fake_platform.url}
+    on_denied: limited
+    batch: {{max_wait_ms: 0}}
+sources:
+  tiktok_pixel: {{send_to: [tiktok]}}
+"""
+    gw = await start_gateway(make_config(text))
+    for eid, headers in (("gpc", {"Sec-GPC": "1"}), ("plain", {})):
+        body = {"event": "Pageview", "event_id": eid, "context": {"page": {"url": "https://s.x/"}}}
+        response = await gw.client.post(
+            "/api/v2/pixel", json=body, headers={"User-Agent": UA, **headers}
+        )
+        assert response.status == 200
+    await eventually(lambda: len(fake_platform.requests) >= 2)
+    events = {e["event_id"]: e for r in fake_platform.requests for e in r.json()["data"]}
+    assert events["gpc"]["limited_data_use"] is True
+    assert "limited_data_use" not in events["plain"]  # the control

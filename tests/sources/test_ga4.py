@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from multidict import MultiDict, MultiDictProxy
 
-from gateway.event import Content
+from gateway.event import Content, Ga4Extras
 from gateway.sources.base import Hit, Outcome
 from gateway.sources.ga4 import Ga4, Ga4Settings
 
@@ -74,17 +74,17 @@ def test_get_page_view_maps_every_field() -> None:
     assert event.user.user_agent == "Mozilla/5.0 (test)"
     assert event.user.email is None
     assert event.custom.extra == {}
-    assert event.vendor_data["ga4"] == {
-        "measurement_id": "G-ABC123",
-        "event_name": "page_view",
-        "line": 0,
-        "lines": 1,
-        "session_id": "1691096027",
-        "session_count": 3,
-        "session_engaged": 0,
-        "page_load_id": "102644968",
-        "hit_sequence": 1,
-    }
+    assert event.ga4 == Ga4Extras(
+        measurement_id="G-ABC123",
+        event_name="page_view",
+        line=0,
+        lines=1,
+        session_id="1691096027",
+        session_count=3,
+        session_engaged=0,
+        page_load_id="102644968",
+        hit_sequence=1,
+    )
     assert parsed.notes["tid"] == "G-ABC123"
     assert parsed.notes["transport"] == "query"
     assert event.consent_signals == {}
@@ -118,9 +118,9 @@ def test_post_lines_are_events_and_override_the_query() -> None:
     assert parsed.outcome is Outcome.OK
     assert [e.event_name for e in parsed.events] == ["page_view", "click", "scroll"]
     view, click, scroll = parsed.events
-    assert view.vendor_data["ga4"]["engagement_time_msec"] == 3674
-    assert click.vendor_data["ga4"]["engagement_time_msec"] == 799
-    assert "engagement_time_msec" not in scroll.vendor_data["ga4"]
+    assert view.ga4.engagement_time_msec == 3674
+    assert click.ga4.engagement_time_msec == 799
+    assert scroll.ga4.engagement_time_msec is None
     # The line's dt replaces the query's; the others keep it.
     assert [e.custom.page_title for e in parsed.events] == ["Home", "Test Page", "Home"]
     assert [e.user.ga_client_id for e in parsed.events] == [
@@ -129,8 +129,8 @@ def test_post_lines_are_events_and_override_the_query() -> None:
         "999.888",
     ]
     assert scroll.custom.extra == {"percent_scrolled": 90}
-    assert {e.vendor_data["ga4"]["measurement_id"] for e in parsed.events} == {"G-ABC123"}
-    assert [e.vendor_data["ga4"]["line"] for e in parsed.events] == [0, 1, 2]
+    assert {e.ga4.measurement_id for e in parsed.events} == {"G-ABC123"}
+    assert [e.ga4.line for e in parsed.events] == [0, 1, 2]
     assert {e.raw for e in parsed.events} == {parsed.events[0].raw}
     assert parsed.events[0].raw is not None
     assert parsed.events[0].raw.body == request.body
@@ -159,7 +159,7 @@ def test_begin_checkout_with_items_user_data_and_consent() -> None:
             brand="Brand",
         ),
     )
-    assert event.vendor_data["ga4"]["items"] == [
+    assert list(event.ga4.items) == [
         {
             "item_id": "SKU-1",
             "item_name": "Fleece",
@@ -245,7 +245,7 @@ def test_params_search_user_properties_and_gclid() -> None:
     assert event.custom.extra == {"list": "main", "results": 7, "ratio": 0.25}
     assert event.user.gclid == "Cj0KCQ-abc"
     assert event.referrer == "https://www.google.com/"
-    assert event.vendor_data["ga4"]["user_properties"] == {"plan": "pro", "age_days": 12.5}
+    assert event.ga4.user_properties == {"plan": "pro", "age_days": 12.5}
 
 
 def test_items_in_order_with_custom_item_params() -> None:
@@ -256,7 +256,7 @@ def test_items_in_order_with_custom_item_params() -> None:
     )
     (event,) = source.parse(post(SHARED, line)).events
     assert [c.id for c in event.custom.contents] == ["A", "B"]  # an item needs an ID here
-    items = event.vendor_data["ga4"]["items"]
+    items = event.ga4.items
     assert items[0] == {
         "item_id": "A",
         "price": 9.5,
@@ -273,7 +273,7 @@ def test_an_ambiguous_custom_item_value_resolves_against_the_k_indices() -> None
     # `v112` could be index 1 → "12" or index 11 → "2"; k11 exists and has no other value.
     line = "en=add_to_cart&pr1=idA~k1size~k11pack~v1M~v112"
     (event,) = source.parse(post(SHARED, line)).events
-    item = event.vendor_data["ga4"]["items"][0]
+    item = event.ga4.items[0]
     assert (item["size"], item["pack"]) == ("M", "2")
 
 

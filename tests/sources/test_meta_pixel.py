@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from multidict import MultiDict, MultiDictProxy
 
-from gateway.event import Content
+from gateway.event import Content, MetaExtras
 from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome
 from gateway.sources.meta_pixel import MetaPixel
@@ -71,7 +71,7 @@ def test_get_hit_maps_every_field() -> None:
     assert event.user.fbp == "fb.1.1748957013743.1524724929324944"
     assert event.user.client_ip == "203.0.113.7"
     assert event.user.user_agent == "Mozilla/5.0 (test)"
-    assert event.vendor_data["meta"]["pixel_id"] == "1234567890"
+    assert event.meta.pixel_id == "1234567890"
 
 
 def test_no_eid_gets_a_generated_id_and_is_not_deduplicable() -> None:
@@ -153,9 +153,4 @@ def test_hits_without_id_or_ev_are_not_events() -> None:
 
 def test_limited_data_use_flags_ride_along() -> None:
     event = source.parse(hit("/tr?id=1&ev=PageView&dpo=LDU&dpoco=1&dpost=1000")).events[0]
-    assert event.vendor_data["meta"] == {
-        "pixel_id": "1",
-        "dpo": "LDU",
-        "dpoco": "1",
-        "dpost": "1000",
-    }
+    assert event.meta == MetaExtras(pixel_id="1", dpo="LDU", dpoco="1", dpost="1000")

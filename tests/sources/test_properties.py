@@ -1,7 +1,7 @@
 """Property tests: no browser hit, however mangled, makes a pixel parser raise.
 
 A page's bad tag must never turn into an exception path (docs/http.md §1), and what a parser keeps
-in `custom.extra` and `vendor_data` must serialize, since the pipeline writes it as JSON.
+in `custom.extra` and the vendor extras must serialize, since the pipeline writes it as JSON.
 """
 
 from __future__ import annotations
@@ -197,7 +197,8 @@ def check(source: Source, hit: Hit) -> None:
         assert event.source == source.name
         # Stored as JSON by the pipeline: anything orjson cannot write would fail there.
         orjson.dumps(dict(event.custom.extra))
-        orjson.dumps({k: dict(v) for k, v in event.vendor_data.items()})
+        if event.ga4 is not None:
+            orjson.dumps([event.ga4.user_properties, event.ga4.items])
         assert all(isinstance(v, str) for v in event.consent_signals.values())
 
 

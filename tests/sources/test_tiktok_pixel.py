@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import orjson
 from multidict import MultiDict, MultiDictProxy
 
-from gateway.event import Content
+from gateway.event import Content, TikTokExtras
 from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome
 from gateway.sources.meta_pixel import GIF
@@ -95,7 +95,7 @@ def test_pageview_with_an_empty_event_id() -> None:
     assert event.referrer == "https://tagassistant.google.com/"
     assert event.user.client_ip == "203.0.113.7"
     assert event.user.user_agent == "Mozilla/5.0 (test)"
-    assert event.vendor_data["tiktok"] == {"event": "Pageview", "pixel_code": "CABC123"}
+    assert event.tiktok == TikTokExtras(event="Pageview", pixel_code="CABC123")
     assert event.custom.extra == {}
     assert event.consent_signals == {}
     assert event.raw is not None
@@ -165,7 +165,7 @@ def test_get_noscript_image() -> None:
     parsed = source.parse(hit(target, "GET", referer="https://shop.example/?ttclid=E.C.P.v1"))
     (event,) = parsed.events
     assert event.event_name == "page_view"  # `PageView` here, `Pageview` from ttq.page()
-    assert event.vendor_data["tiktok"] == {"event": "PageView", "pixel_code": "CABC123"}
+    assert event.tiktok == TikTokExtras(event="PageView", pixel_code="CABC123")
     assert event.event_time == int(RECEIVED)
     assert event.event_source_url == "https://shop.example/?ttclid=E.C.P.v1"
     assert event.user.ttclid == "E.C.P.v1"
@@ -183,7 +183,7 @@ def test_noscript_optional_params() -> None:
 def test_legacy_names_map_but_are_kept_as_received() -> None:
     (event,) = source.parse(event_of(with_event("CompletePayment"))).events
     assert event.event_name == "purchase"
-    assert event.vendor_data["tiktok"]["event"] == "CompletePayment"
+    assert event.tiktok.event == "CompletePayment"
     (event,) = source.parse(event_of(with_event("SubmitForm"))).events
     assert event.event_name == "lead"
     (event,) = source.parse(event_of(with_event("PlaceAnOrder"))).events
