@@ -130,7 +130,7 @@ class Pipeline:
         )
 
     def _delivery(self, dest: Destination, event: Event) -> NewDelivery:
-        denied = [p for p in dest.requires if not event.consent.granted(p)]
+        denied = [p for p in dest.requires_for(event) if not event.consent.granted(p)]
         note = None
         if denied:
             why = ", ".join(

@@ -18,5 +18,7 @@ TYPES: Final[dict[str, type[Destination]]] = {
 # dry_run records a hit in its own vendor's format, or in any type's format by name.
 for _cls in TYPES.values():
     DryRun.previews[_cls.type] = _cls.preview
+    DryRun.requirements[_cls.type] = _cls.default_requires
     if _cls.vendor:
         DryRun.previews.setdefault(_cls.vendor, _cls.preview)
+        DryRun.requirements.setdefault(_cls.vendor, _cls.default_requires)

@@ -131,6 +131,10 @@ class Destination(ABC):
         configured = self.settings.requires
         return self.default_requires if configured is None else configured
 
+    def requires_for(self, event: Event) -> tuple[str, ...]:
+        """The purposes this event needs granted here (`dry_run` asks the format it previews)."""
+        return self.requires
+
     def requests_per_batch(self, items: int) -> int:
         """The most requests one claimed batch can take: its chunks, plus the halving that
         isolates a bad event (a delivery worker's lease must outlast them all)."""

@@ -8,9 +8,9 @@ are recorded as the canonical event with its personal data hashed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 from gateway.destinations.base import (
     Answer,
@@ -24,6 +24,8 @@ from gateway.destinations.base import (
 from gateway.destinations.meta_capi import meta_user_data
 from gateway.event import JSON, Event
 from gateway.settings import DestinationSettings
+
+CANONICAL_REQUIRES: Final = ("ad_storage", "ad_user_data")
 
 
 class DryRunSettings(DestinationSettings):
@@ -76,14 +78,32 @@ class DryRun(Destination):
     settings: DryRunSettings
     previews: ClassVar[dict[str, Callable[[Event], JSON | None]]] = {}
     """Filled by the registry: vendor or destination type → that format's payload builder."""
+    requirements: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Filled by the registry: vendor or destination type → the consent that format needs."""
 
-    def prepare(self, event: Event) -> JSON | Rejected:
+    def _format(self, event: Event) -> str | None:
+        """The vendor or type whose format this event is recorded in; None for canonical."""
         wanted = self.settings.format
         if wanted == "auto":
-            vendor = event.raw.vendor if event.raw else None
-            builder = self.previews.get(vendor) if vendor else None
-        else:
-            builder = self.previews.get(wanted)
+            return event.raw.vendor if event.raw else None
+        return wanted if wanted in self.previews else None
+
+    def requires_for(self, event: Event) -> tuple[str, ...]:
+        """The consent of the format previewed (a Meta pixel hit needs what `meta_capi`
+        needs), so a preview never holds what the real destination could not have. The
+        canonical record carries user data hashed by Meta's rules: it needs what Meta needs."""
+        configured = self.settings.requires
+        if configured is not None:
+            return configured
+        wanted = self._format(event)
+        return self.requirements.get(wanted or "meta_capi", CANONICAL_REQUIRES)
+
+    def prepare(self, event: Event) -> JSON | Rejected:
+        # A record is final the moment it is written, and the contract keeps IP and user agent
+        # only until every delivery is final: the record never holds them.
+        event = replace(event, user=replace(event.user, client_ip=None, user_agent=None))
+        wanted = self._format(event)
+        builder = self.previews.get(wanted) if wanted else None
         built = builder(event) if builder else None
         return built if built is not None else canonical_payload(event)
 

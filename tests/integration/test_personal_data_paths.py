@@ -270,3 +270,60 @@ sources:
     events = {e["event_id"]: e for r in fake_platform.requests for e in r.json()["data"]}
     assert events["gpc"]["limited_data_use"] is True
     assert "limited_data_use" not in events["plain"]  # the control
+
+
+async def test_dry_run_follows_consent_and_keeps_no_ip_or_user_agent(
+    start_gateway: Start, make_config: MakeConfig, db_path: Path
+) -> None:
+    text = """
+consent: {default: granted}
+destinations:
+  dry_run: {type: dry_run}
+sources:
+  server: {send_to: [dry_run], api_keys: [k]}
+"""
+    gw = await start_gateway(make_config(text))
+    denied = dict.fromkeys(
+        ("ad_storage", "analytics_storage", "ad_user_data", "ad_personalization"), "denied"
+    )
+
+    def event(event_id: str, email: str, consent: dict[str, str]) -> dict[str, object]:
+        return {
+            "event_id": event_id,
+            "event_name": "purchase",
+            "event_time": int(time.time()) - 5,
+            "event_source_url": "https://shop.example/thanks",
+            "user": {
+                "email": email,
+                "client_ip": "203.0.113.77",
+                "user_agent": "Agent/7.7",
+                "fbp": f"fb.1.1795000000000.{len(event_id)}777",
+            },
+            "custom": {"value": "10", "currency": "EUR"},
+            "consent": consent,
+        }
+
+    response = await gw.client.post(
+        "/v1/events",
+        json={
+            "events": [
+                event("o-denied", "denied.person@example.com", denied),
+                event("o-granted", "granted.person@example.com", {}),
+            ]
+        },
+        headers={"Authorization": "Bearer k"},
+    )
+    assert response.status == 202
+    await _settle(gw, 2)
+    rows = await gw.rows("SELECT event_id, status, payload FROM deliveries ORDER BY id")
+    await gw.client.close()
+
+    assert [r[:2] for r in rows] == [("o-denied", "dropped_consent"), ("o-granted", "sent")]
+    assert rows[0][2] is None  # a denied event never gets a payload
+    disk = on_disk(db_path)
+    denied_hash = hashlib.sha256(b"denied.person@example.com").hexdigest()
+    for needle in (denied_hash, "203.0.113.77", "Agent/7.7", "fb.1.1795000000000.8777"):
+        assert needle.encode() not in disk, needle
+    # The control: the granted twin's record is there, hashed, and without its IP or agent.
+    assert hashlib.sha256(b"granted.person@example.com").hexdigest().encode() in rows[1][2]
+    assert b"fb.1.1795000000000.9777" in rows[1][2]
