@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Final
 
 import orjson
 import structlog
@@ -20,8 +20,7 @@ from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
 from gateway.event import PURPOSES, Consent, Event
 from gateway.metrics import Metrics
-from gateway.personal_data import detect
-from gateway.personal_data.urls import scrub_optional
+from gateway.personal_data.scrub import scrub_event
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.storage import Storage
 from gateway.store import Added, NewDelivery, NewEvent, Status
@@ -94,7 +93,7 @@ class Pipeline:
 
     def rows(self, event: Event, send_to: Sequence[str]) -> NewEvent:
         """The event row and one delivery row per destination that wants it."""
-        event = _without_personal_extras(event)
+        event = _without_personal_data(event)
         event, consent_record = self._resolve(event)
         shared = apply_rules(event, self.shared_rules, None)
         named = event if isinstance(shared, Dropped) else shared
@@ -171,50 +170,19 @@ class Pipeline:
         return task.result() if done else None  # not done: the write goes on without us
 
 
-# Typed custom fields of free text, where a shop or a visitor may type an address.
-_FREE_TEXT: Final = ("search_string", "content_name", "content_category", "page_title")
-
-
-def _without_personal_extras(event: Event) -> Event:
-    """The event without free-form custom fields that hold personal data (`custom.email`, a
-    search for an address): those have no hashing rule, so they would reach the disk and the
-    platforms in plain text. Dropped, and logged by name only."""
-    page_url = scrub_optional(event.event_source_url)
-    referrer = scrub_optional(event.referrer)
-    if page_url != event.event_source_url or referrer != event.referrer:
-        # Contract §8: whatever the rules say. Logged without the URL, which held the data.
+def _without_personal_data(event: Event) -> Event:
+    """The event through the personal-data gate (`personal_data.scrub`): what has no hashing
+    rule and holds a person is dropped before anything is stored, and logged by name only."""
+    scrubbed = scrub_event(event)
+    if scrubbed.fields:
         log.warning(
             "event.personal_data_dropped",
             source=event.source,
             event_id=event.event_id,
-            fields=[
-                name
-                for name, before, after in (
-                    ("event_source_url", event.event_source_url, page_url),
-                    ("referrer", event.referrer, referrer),
-                )
-                if before != after
-            ],
-            note="a URL parameter held an email address or a phone number",
+            fields=list(scrubbed.fields),
+            note="send personal data in `user`, where it is hashed",
         )
-        event = dataclasses.replace(event, event_source_url=page_url, referrer=referrer)
-    custom = event.custom
-    personal = [
-        f"custom.{key}" for key, value in custom.extra.items() if detect.personal_field(key, value)
-    ]
-    texts = [name for name in _FREE_TEXT if detect.holds_email(getattr(custom, name))]
-    if not personal and not texts:
-        return event
-    log.warning(
-        "event.personal_data_dropped",
-        source=event.source,
-        event_id=event.event_id,
-        fields=[name[:64] for name in personal] + [f"custom.{name}" for name in texts],
-        note="send personal data in `user`, where it is hashed",
-    )
-    kept = {k: v for k, v in custom.extra.items() if f"custom.{k}" not in personal}
-    cleared: dict[str, Any] = dict.fromkeys(texts)
-    return dataclasses.replace(event, custom=dataclasses.replace(custom, extra=kept, **cleared))
+    return scrubbed.event
 
 
 def _dropped(dest: Destination, event: Event, status: Status, reason: str) -> NewDelivery:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.event import Content, Custom, Event, Ga4Extras
 from gateway.personal_data.detect import holds_phone, personal_field
+from gateway.personal_data.scrub import scrub_event
 from gateway.personal_data.urls import scrub_url
 
 
@@ -135,3 +137,42 @@ def test_names_given_go_as_well() -> None:
 )
 def test_phone_numbers_in_free_text(text: str, found: bool) -> None:
     assert holds_phone(text) is found
+
+
+def test_the_gate_drops_free_text_items_and_properties_by_name_only() -> None:
+    event = Event(
+        event_id="e",
+        event_name="purchase",
+        event_time=1,
+        source="ga4",
+        event_source_url="https://s.example/p?e=jane%40example.com&sku=1",
+        custom=Custom(
+            page_title="Hi +1 (415) 555-0100",
+            contents=(Content(id="s1", name="for jane@example.com"), Content(id="s2")),
+            extra={"note": "x", "who": "jane@example.com"},
+        ),
+        ga4=Ga4Extras(
+            "G-1",
+            "purchase",
+            user_properties={"tier": "gold", "mobile": "+4915112345678"},
+            items=({"item_id": "s1", "email": "a@b.example"},),
+        ),
+    )
+    scrubbed = scrub_event(event)
+    assert scrubbed.fields == (
+        "event_source_url",
+        "custom.who",
+        "custom.page_title",
+        "custom.contents[0].name",
+        "user_properties.mobile",
+        "items[0].email",
+    )
+    out = scrubbed.event
+    assert out.event_source_url == "https://s.example/p?sku=1"
+    assert out.custom.page_title is None
+    assert out.custom.contents == (Content(id="s1"), Content(id="s2"))
+    assert out.custom.extra == {"note": "x"}
+    assert out.ga4 is not None
+    assert out.ga4.user_properties == {"tier": "gold"}
+    assert out.ga4.items == ({"item_id": "s1"},)
+    assert scrub_event(out).fields == ()  # once through, nothing is left to drop

@@ -18,7 +18,6 @@ from pydantic import Field
 
 from gateway import names
 from gateway.event import JSON, Content, Custom, Event, Ga4Extras, RawHit, User, new_event_id
-from gateway.personal_data.detect import personal_field
 from gateway.personal_data.hashing import b64url_digest_to_hex
 from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome, Parsed, Source
@@ -246,12 +245,12 @@ def _extra(params: MultiDict[str], skip: Iterable[str]) -> dict[str, JSON]:
 
 
 def _user_properties(params: MultiDict[str]) -> dict[str, JSON]:
-    """`up.`/`upn.` params; never one that is personal data (`up.email`): it has no hashing
-    rule and would be stored and sent in plain text (the pipeline does the same for extras)."""
+    """`up.`/`upn.` params. One that is personal data (`up.email`) has no hashing rule: the
+    pipeline's personal-data gate drops it, as it does an item parameter."""
     props: dict[str, JSON] = {}
     for key, value in params.items():
         prefix, dot, name = key.partition(".")
-        if dot and name and name not in props and not personal_field(name, value):
+        if dot and name and name not in props:
             if prefix == "up":
                 props[name] = value
             elif prefix == "upn":

@@ -254,7 +254,7 @@ sources:
         assert needle not in sent, needle
     dropped = [line["fields"] for line in logs if line["event"] == "event.personal_data_dropped"]
     assert dropped == [
-        ["custom.email"],
+        ["custom.email", "user_properties.phone"],
         ["custom.customer_email", "custom.note", "custom.search_string"],
     ]
     assert "jane@example.com" not in repr(logs)

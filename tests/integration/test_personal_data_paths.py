@@ -327,3 +327,93 @@ sources:
     # The control: the granted twin's record is there, hashed, and without its IP or agent.
     assert hashlib.sha256(b"granted.person@example.com").hexdigest().encode() in rows[1][2]
     assert b"fb.1.1795000000000.9777" in rows[1][2]
+
+
+async def test_item_parameters_and_free_text_pass_the_same_gate(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, db_path: Path
+) -> None:
+    fake_platform.default = _answer
+    text = f"""
+consent: {{default: granted}}
+destinations:
+  ga4:
+    type: ga4_mp
+    measurement_id: G-ABC123
+    api_secret: SECRET
+    endpoint: {fake_platform.url}
+    on_denied: limited
+    batch: {{max_wait_ms: 0}}
+  tiktok:
+    type: tiktok_events
+    pixel_code: CABC123
+    access_token: TT
+    endpoint: {fake_platform.url}
+    batch: {{max_wait_ms: 0}}
+  audit: {{type: dry_run, format: ga4_mp, requires: []}}
+  ga4_forward:
+    type: forward
+    vendor: ga4
+    endpoint: {fake_platform.url}
+    batch: {{max_wait_ms: 0}}
+sources:
+  ga4: {{send_to: [ga4, audit, ga4_forward]}}
+  tiktok_pixel: {{send_to: [tiktok]}}
+  server: {{send_to: [ga4, tiktok, audit], api_keys: [k]}}
+"""
+    phone = "+44 20 7946 0958"
+    gw = await start_gateway(make_config(text))
+    ga4 = await gw.client.get(
+        "/g/collect?v=2&tid=G-ABC123&cid=1.2&en=purchase&ep.event_id=g-1&gcs=G100&cu=EUR"
+        "&pr1=ids1~nmMug~k0email~v0only.in.item%40example.com~k1size~v1L"
+        "&pr2=ids2~nmfor%20jane%40example.com&dt=Order%20of%20jane%40example.com"
+        "&dl=https%3A%2F%2Fshop.example%2F",
+        headers={"User-Agent": UA},
+    )
+    tiktok = await gw.client.post(
+        "/api/v2/pixel",
+        json={
+            "event": "AddToCart",
+            "event_id": "t-1",
+            "context": {"pixel": {"code": "CABC123"}, "page": {"url": "https://shop.example/"}},
+            "properties": {
+                "contents": [{"content_id": "s3", "content_name": f"gift for {EMAIL}"}],
+                "description": f"call {phone}",
+            },
+        },
+        headers={"User-Agent": UA},
+    )
+    server = await gw.client.post(
+        "/v1/events",
+        json={
+            "events": [
+                {
+                    "event_id": "s-1",
+                    "event_name": "purchase",
+                    "event_time": int(time.time()) - 5,
+                    "event_source_url": "https://shop.example/thanks",
+                    "user": {"ga_client_id": "1.2", "user_agent": UA},
+                    "custom": {
+                        "value": "10",
+                        "currency": "EUR",
+                        "page_title": f"Thanks {EMAIL}",
+                        "description": f"ship to {phone}",
+                        "contents": [{"id": "s4", "name": f"engraved {EMAIL}", "quantity": 1}],
+                    },
+                }
+            ]
+        },
+        headers={"Authorization": "Bearer k"},
+    )
+    assert (ga4.status, tiktok.status, server.status) == (204, 200, 202)
+    await _settle(gw, 6)
+    await eventually(lambda: len(fake_platform.requests) >= 4, within=15)
+    await gw.client.close()
+
+    sent, disk = _sent(fake_platform), on_disk(db_path)
+    for needle in (*LEAKS, b"only.in.item", phone.encode(), b"7946"):
+        assert needle not in sent, needle
+        assert needle not in disk, needle
+    # The controls: the items and the other item parameter went out, and dry_run kept them.
+    for needle in (b"Mug", b"s1", b"s2", b"s3", b"s4", b"size"):
+        assert needle in sent, needle
+        assert needle in disk or needle == b"s3", needle  # s3 only went to TikTok: erased
