@@ -15,10 +15,12 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import admin, cookies
 from gateway import destinations as destination_types
 from gateway import sources as source_types
+from gateway.backlog import Backlog, Kept
 from gateway.client_ip import client_ip
 from gateway.config import Config, Cookies
 from gateway.cors import cors_middleware
@@ -52,11 +54,14 @@ WORKERS: Final = web.AppKey("workers", dict[str, Worker])
 DESTINATIONS: Final = web.AppKey("destinations", Mapping[str, Destination])
 QUEUE_CACHE: Final = web.AppKey("queue_cache", QueueCache)
 SCRIPTS: Final = web.AppKey("scripts", ScriptProxy)
+BACKLOG: Final = web.AppKey("backlog", Backlog)
 _RNG: Final = random.SystemRandom()
 
 BROWSER_STORE_WAIT_S: Final = 5.0
 """A browser hit waits this long for its commit, then gets its answer anyway."""
 RETENTION_EVERY_S: Final = 300.0
+READY_PING_S: Final = 2.0
+"""/readyz waits this long for its probe write before it says 503."""
 SHUTDOWN_GRACE_S: Final = 6.0
 """In-flight deliveries get this long on SIGTERM (inside Docker's default 10 s)."""
 
@@ -82,6 +87,7 @@ def create_app(config: Config) -> web.Application:
     app[DESTINATIONS] = build_destinations(config)
     app[QUEUE_CACHE] = QueueCache()
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_backlog)
     app.cleanup_ctx.append(_delivery)
     app.cleanup_ctx.append(_retention)
     for name, settings in config.sources.items():
@@ -121,7 +127,7 @@ async def _never_a_500(
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = app[CONFIG].storage
-    store = await open_storage(storage.path, storage.url, storage.synchronous)
+    store = await open_storage(storage.path, storage.url, storage.synchronous, exclusive=True)
     released = await store.release_leases()
     if released:
         log.info("store.recovered_in_flight", deliveries=released)
@@ -130,6 +136,17 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[PIPELINE] = Pipeline(store, app[DESTINATIONS], config.consent, config.rules, app[METRICS])
     yield
     await store.close()
+
+
+async def _backlog(app: web.Application) -> AsyncIterator[None]:
+    """Hits held through a storage outage; written (or logged as lost) before the store
+    closes, after the workers stopped (cleanups run in reverse)."""
+    limits = app[CONFIG].storage.outage_buffer
+    backlog = Backlog(app[PIPELINE].commit, app[METRICS], limits.max_events, limits.max_bytes)
+    backlog.start()
+    app[BACKLOG] = backlog
+    yield
+    await backlog.close()
 
 
 async def _delivery(app: web.Application) -> AsyncIterator[None]:
@@ -220,6 +237,8 @@ def _browser_handler(
             body = await request.read() if request.can_read_body else b""
         except web.HTTPRequestEntityTooLarge:
             outcome, body = Outcome.TOO_LARGE, None
+        except RequestPayloadError:  # not what its Content-Encoding says
+            outcome, body = Outcome.MALFORMED, None
         if body is not None:
             hit = Hit(
                 method=request.method,
@@ -300,14 +319,20 @@ async def _ingest(
     event_ids.extend(e.event_id for e in events)
     names.extend(e.event_name for e in events)
     try:
-        stored = await app[PIPELINE].ingest_shielded(
-            events, source.settings.send_to, BROWSER_STORE_WAIT_S
-        )
+        rows = app[PIPELINE].prepare(events, source.settings.send_to)
+        # A task, so that a write slower than the wait still ends held or stored.
+        write = asyncio.ensure_future(app[BACKLOG].write(rows))
+        done, _ = await asyncio.wait((write,), timeout=BROWSER_STORE_WAIT_S)
+        kept = write.result() if done else None
     except Exception as exc:
         log.error("hit.store_failed", source=source.name, error=type(exc).__name__)
         return Outcome.STORE_ERROR, plan
-    if stored is None:
+    if kept is None:
         log.warning("hit.store_slow", source=source.name, waited_s=BROWSER_STORE_WAIT_S)
+    elif kept is Kept.DROPPED:
+        return Outcome.STORE_ERROR, plan
+    elif kept is Kept.HELD:
+        notes["stored"] = "held in memory: storage refuses writes"
     return parsed.outcome, plan
 
 
@@ -377,6 +402,10 @@ def _server_handler(
             return answer(
                 request, 413, {"error": f"body over {limit} bytes"}, str(Outcome.TOO_LARGE)
             )
+        except RequestPayloadError:
+            encoding = request.headers.get("Content-Encoding", "")
+            error = f"body does not decode as Content-Encoding: {encoding}"[:200]
+            return answer(request, 400, {"error": error}, str(Outcome.MALFORMED))
         try:
             batch = parse_body(body, received)
         except BodyError as exc:
@@ -462,10 +491,14 @@ async def _readyz(request: web.Request) -> web.Response:
     store = app.get(STORE)
     if store is None:
         return web.json_response({"status": "starting"}, status=503)
+    backlog = app.get(BACKLOG)
+    held = backlog.events if backlog is not None else 0
     try:
-        await store.ping()
+        # Shielded: a probe given up on still ends, and still records what it found.
+        await asyncio.wait_for(asyncio.shield(store.ping()), READY_PING_S)
     except Exception as exc:
-        return web.json_response({"status": "storage", "error": type(exc).__name__}, status=503)
+        error = store.write_health.error or type(exc).__name__
+        return web.json_response({"status": "storage", "error": error, "held": held}, status=503)
     stats = await _queues(app)
     now = time.time()
     destinations = {}
@@ -478,7 +511,12 @@ async def _readyz(request: web.Request) -> web.Response:
             "last_error": worker.health.last_error,
         }
     return web.json_response(
-        {"status": "ready", "config": app[CONFIG].origin, "destinations": destinations}
+        {
+            "status": "ready",
+            "config": app[CONFIG].origin,
+            "held": held,
+            "destinations": destinations,
+        }
     )
 
 

@@ -53,6 +53,13 @@ class Listen(StrictModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
 
 
+class OutageBuffer(StrictModel):
+    """Browser hits held in memory while storage refuses writes (docs/operations.md §1)."""
+
+    max_events: int = Field(default=20_000, ge=0, le=1_000_000)
+    max_bytes: int = Field(default=32 * 1_048_576, ge=0, le=1024 * 1_048_576)
+
+
 class Storage(StrictModel):
     """The SQLite file of the outbox and the delivery log."""
 
@@ -65,6 +72,7 @@ class Storage(StrictModel):
     """`full`: an acknowledged event survives a process crash and a power cut. `normal`:
     it survives a process crash (kill -9) but the last moments before a power cut may be
     lost; about 1.6x the hit throughput (README, Performance)."""
+    outage_buffer: OutageBuffer = OutageBuffer()
 
 
 class Cookies(StrictModel):

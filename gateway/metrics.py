@@ -45,6 +45,26 @@ class Metrics:
             ["destination"],
             registry=self.registry,
         )
+        self.outage_buffer_events = Gauge(
+            "tag_gateway_outage_buffer_events",
+            "Browser events held in memory because storage refused their write.",
+            registry=self.registry,
+        )
+        self.outage_buffer_bytes = Gauge(
+            "tag_gateway_outage_buffer_bytes",
+            "Approximate memory held by those events.",
+            registry=self.registry,
+        )
+        self.outage_held = Counter(
+            "tag_gateway_outage_held",
+            "Browser events ever held in memory during a storage outage.",
+            registry=self.registry,
+        )
+        self.outage_dropped = Counter(
+            "tag_gateway_outage_dropped",
+            "Browser events dropped because the outage buffer was full.",
+            registry=self.registry,
+        )
 
         self._children: dict[tuple[str, str, str], Any] = {}
 

@@ -7,7 +7,6 @@ no payload.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -155,19 +154,19 @@ class Pipeline:
 
     async def ingest(self, events: Sequence[Event], send_to: Sequence[str]) -> list[Added]:
         """Prepare and durably store events; returns after COMMIT."""
-        added = await self.store.add([self.rows(e, send_to) for e in events])
+        return await self.commit(self.prepare(events, send_to))
+
+    def prepare(self, events: Sequence[Event], send_to: Sequence[str]) -> list[NewEvent]:
+        """The rows of these events, personal data hashed: what `commit` writes."""
+        return [self.rows(e, send_to) for e in events]
+
+    async def commit(self, rows: Sequence[NewEvent]) -> list[Added]:
+        """Store prepared rows durably; returns after COMMIT."""
+        added = await self.store.add(rows)
         for result in added:
             for destination, status in result.statuses:
                 self.metrics.count_delivery(destination, status)
         return added
-
-    async def ingest_shielded(
-        self, events: Sequence[Event], send_to: Sequence[str], timeout_s: float
-    ) -> list[Added] | None:
-        """As `ingest`, but give up waiting after `timeout_s` (the write itself goes on)."""
-        task = asyncio.ensure_future(self.ingest(events, send_to))
-        done, _ = await asyncio.wait((task,), timeout=timeout_s)
-        return task.result() if done else None  # not done: the write goes on without us
 
 
 def _without_personal_data(event: Event) -> Event:

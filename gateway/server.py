@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import sys
 from typing import Final
 
 import structlog
@@ -12,6 +14,7 @@ from aiohttp import web
 from gateway import logs
 from gateway.app import create_app
 from gateway.config import EMBEDDED, Config
+from gateway.store import StoreLocked
 
 log = structlog.get_logger("gateway.server")
 
@@ -49,17 +52,30 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
     asyncio.set_event_loop(loop)
     app = create_app(config)
     app.on_startup.append(_settle_gc)
-    web.run_app(
-        app,
-        host=bind_host,
-        port=bind_port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=2.0,
-        loop=loop,
-    )
+    try:
+        web.run_app(
+            app,
+            host=bind_host,
+            port=bind_port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=2.0,
+            loop=loop,
+        )
+    except StoreLocked as exc:
+        return _refuse(str(exc))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        return _refuse(f"cannot listen on {bind_host}:{bind_port}: address already in use")
     log.info("serve.stop")
     return 0
+
+
+def _refuse(reason: str) -> int:
+    """What an operator must fix before `serve` can start: one line, no traceback."""
+    print(f"tag-gateway: {reason}", file=sys.stderr, flush=True)
+    return 1
 
 
 async def _settle_gc(app: web.Application) -> None:

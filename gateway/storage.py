@@ -9,13 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from gateway.store import Added, Claimed, DeliveryQuery, DeliveryRow, Finished, NewEvent
+from gateway.store import (
+    Added,
+    Claimed,
+    DeliveryQuery,
+    DeliveryRow,
+    Finished,
+    NewEvent,
+    WriteHealth,
+)
 
 
 class Storage(Protocol):
     """The outbox and the delivery log."""
 
     on_queued: Callable[[Iterable[str]], None]
+    write_health: WriteHealth
+    """The outcome of the last write transaction (for /readyz)."""
 
     async def close(self) -> None:
         """Finish queued writes and close."""
@@ -65,12 +75,15 @@ class Storage(Protocol):
         """Deliveries per hour, destination and status."""
 
 
-async def open_storage(path: str, url: str | None, synchronous: str) -> Storage:
-    """The configured backend: PostgreSQL when `url` is set, else the SQLite file at `path`."""
+async def open_storage(
+    path: str, url: str | None, synchronous: str, *, exclusive: bool = False
+) -> Storage:
+    """The configured backend: PostgreSQL when `url` is set, else the SQLite file at `path`
+    (`exclusive`: held by this process alone, as `serve` holds it; PostgreSQL is shared)."""
     if url:
         from gateway.store_pg import PgStore
 
         return await PgStore.open(url, synchronous)
     from gateway.store import Store
 
-    return await Store.open(path, synchronous)
+    return await Store.open(path, synchronous, exclusive=exclusive)

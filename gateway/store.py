@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import functools
 import inspect
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -129,6 +132,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, next_attem
 CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries (destination, event_name, event_id);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_row);
 CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 # Contract §10, per event name the server API sent in [since, until): each event ID once per
@@ -261,6 +265,52 @@ class StoreClosed(RuntimeError):
     """The store is stopping or stopped; nothing more is accepted."""
 
 
+class StoreLocked(RuntimeError):
+    """Another `serve` process holds this SQLite file."""
+
+
+@dataclass(slots=True)
+class WriteHealth:
+    """Whether the last write transaction committed, for /readyz: a failed one makes the
+    gateway unready at once, the next good one ready again."""
+
+    failed_at: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_at is None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.failed_at is None:
+            self.failed_at = time.time()
+        self.error = type(exc).__name__
+
+    def succeeded(self) -> None:
+        self.failed_at = self.error = None
+
+
+def lock_file(path: str) -> int:
+    """Hold an exclusive lock on the SQLite file for the life of this process; return the
+    descriptor to close when done. Two `serve` processes on one file each count their own
+    row ids, so the second's inserts collide with the first's (`UNIQUE constraint failed`):
+    the second must not start. `flock` locks are apart from SQLite's own (POSIX) locks and
+    die with the process, `kill -9` included. Taken before SQLite opens the file, so that
+    closing this descriptor on failure cannot drop a lock of SQLite's."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise StoreLocked(
+                f"{path} is in use by another tag-gateway serve; one process per SQLite file"
+                " (for several replicas use storage.url, PostgreSQL)"
+            ) from exc
+        raise
+    return fd
+
+
 class Store:
     """The outbox and log. Open with `await Store.open(path)`; close with `await close()`."""
 
@@ -281,12 +331,23 @@ class Store:
         self._closing = False
         self.on_queued: Callable[[Iterable[str]], None] = lambda destinations: None
         """Called after a commit with the destinations that got new queued rows."""
+        self.write_health = WriteHealth()
+        self._lock_fd: int | None = None
 
     @classmethod
-    async def open(cls, path: str, synchronous: str = "full") -> Store:
-        """Open (creating if needed) the SQLite file, migrate, and start the writer."""
+    async def open(cls, path: str, synchronous: str = "full", *, exclusive: bool = False) -> Store:
+        """Open (creating if needed) the SQLite file, migrate, and start the writer.
+
+        `exclusive` (what `serve` asks for) holds the file for the process's life: a second
+        opener that asks too gets StoreLocked. The commands (`replay`, ...) do not ask."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        lock_fd = lock_file(path) if exclusive else None
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
         try:
             level = "NORMAL" if synchronous == "normal" else "FULL"
             for pragma in (*_PRAGMAS, f"PRAGMA synchronous={level}"):
@@ -296,9 +357,12 @@ class Store:
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException:
             conn.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
         await reader.execute("PRAGMA busy_timeout=5000")
         store = cls(path, conn, reader)
+        store._lock_fd = lock_fd
         await _until_free(store._init_ids)
         store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
         return store
@@ -325,6 +389,9 @@ class Store:
         await loop.run_in_executor(self._committer, self._conn.close)
         if self._committer is not None:
             self._committer.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -389,10 +456,12 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             log.error("store.write_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            self.write_health.failed(exc)
             for failed in jobs:
                 if not failed.future.done():
                     failed.future.set_exception(exc)
             return
+        self.write_health.succeeded()
         self._ids.commits += 1
         self._ids.grouped += len(adds)
         offset = 0
@@ -716,8 +785,9 @@ class Store:
             return [tuple(row) for row in await cur.fetchall()]
 
     async def ping(self) -> None:
-        """A write transaction that changes nothing: storage takes writes (for /readyz)."""
-        await self.write(_nothing)
+        """A write that reaches the file (a transaction that wrote nothing commits even on a
+        full disk): storage takes writes (for /readyz)."""
+        await self.write(_heartbeat)
 
     @property
     def commits(self) -> int:
@@ -813,5 +883,5 @@ async def _until_free(statement: Callable[[], T]) -> T:
         delay = min(delay * 2, _BUSY_MAX_SLEEP_S)
 
 
-def _nothing(conn: sqlite3.Connection) -> None:
-    return None
+def _heartbeat(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (time.time(),))

@@ -38,6 +38,7 @@ from gateway.store import (
     NewEvent,
     Status,
     StoreClosed,
+    WriteHealth,
     next_group,
 )
 
@@ -461,6 +462,7 @@ class PgStore:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._commits = 0
+        self.write_health = WriteHealth()
         self.on_queued: Callable[[Iterable[str]], None] = lambda destinations: None
         """Called after a commit with the destinations that got new queued rows (only this
         replica's: the others find them when they next look, within a second)."""
@@ -503,7 +505,12 @@ class PgStore:
 
     async def ping(self) -> None:
         """A trivial round trip, for /readyz: raises when the database is unreachable."""
-        await self.pool.fetchval("SELECT 1")
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except Exception as exc:
+            self.write_health.failed(exc)
+            raise
+        self.write_health.succeeded()
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -549,11 +556,13 @@ class PgStore:
             except Exception as exc:
                 lost = before_commit and isinstance(exc, _CONNECTION_LOST)
                 if attempt >= _ATTEMPTS or not (lost or isinstance(exc, _ABORTED)):
+                    self.write_health.failed(exc)
                     raise
                 log.warning("store.retry", error=type(exc).__name__, attempt=attempt)
                 await asyncio.sleep(0.05 * attempt)
                 continue
             self._commits += 1
+            self.write_health.succeeded()
             return result
 
     async def _write_loop(self) -> None:
