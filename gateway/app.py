@@ -81,6 +81,8 @@ def create_app(config: Config) -> web.Application:
     middlewares: list[Middleware] = [_never_a_500]
     if config.allowed_origins:
         middlewares.insert(0, cors_middleware(config.allowed_origins))
+    if (port := ops_port(config)) is not None:
+        middlewares.append(_operators_on(port))
     app = web.Application(client_max_size=config.listen.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[METRICS] = Metrics()
@@ -109,6 +111,41 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
+
+
+def ops_port(config: Config) -> int | None:
+    """The port of a separate operator listener, or None when the operator's routes share
+    the public one (no `listen.ops`, or one that names the same address)."""
+    ops = config.listen.ops
+    if ops is None or ((ops.host or config.listen.host), ops.port) == (
+        config.listen.host,
+        config.listen.port,
+    ):
+        return None
+    return ops.port
+
+
+def _operators_on(port: int) -> Middleware:
+    """Keep /metrics and /admin off the public listener, and its /readyz to a status code:
+    their detail (the config file, destination names, platform error messages) is for
+    operators, not for whoever can reach the shop's tagging subdomain."""
+
+    @web.middleware
+    async def operators_only(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if sockname is not None and sockname[1] == port:
+            return await handler(request)
+        path = request.path
+        if path == "/metrics" or path == "/admin" or path.startswith("/admin/"):
+            return web.Response(status=404, text="not found")
+        if path == "/readyz":
+            response = await handler(request)
+            return web.Response(status=response.status)
+        return await handler(request)
+
+    return operators_only
 
 
 @web.middleware

@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
 
 import orjson
 
 from gateway import config as config_module
 from gateway.config import Config, ConfigError
+from gateway.storage import Storage
 from gateway.times import iso, parse_time
 
 
@@ -21,6 +24,18 @@ def _load(path: str | None) -> Config:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         raise SystemExit(1) from exc
+
+
+_STATUSES: Final = (
+    "queued",
+    "sent",
+    "failed",
+    "dead",
+    "duplicate",
+    "dropped_consent",
+    "dropped_rule",
+)
+"""The delivery statuses (store.Status), spelt here so argparse lists them in its error."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     command("check", "validate a config and print what it sets up")
 
     deliveries = command("deliveries", "list delivery-log rows, newest first")
-    deliveries.add_argument("--status", action="append", default=[])
+    deliveries.add_argument("--status", action="append", choices=_STATUSES, default=[])
     deliveries.add_argument("--destination")
     deliveries.add_argument("--event-id")
     deliveries.add_argument("--since")
@@ -77,10 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
     if args.command != "serve":
+        import logging
+
         from gateway import logs
 
-        # Log lines go to stderr; stdout is the command's own output.
-        logs.configure("console")
+        # A command prints its output on stdout and nothing else: only a warning or an error
+        # (the store failed) reaches stderr, never the store's bookkeeping (`store.closed`).
+        logs.configure("console", logging.WARNING)
     if args.command == "serve":
         from gateway.server import serve
 
@@ -113,25 +131,86 @@ def check(path: str | None) -> int:
     from gateway import sources
 
     print(f"config: {located or config_module.EMBEDDED}")
-    print(f"listen: {cfg.listen.host}:{cfg.listen.port}   storage: {_storage_label(cfg)}")
+    ops = cfg.listen.ops
+    ops_label = f"   ops: {ops.host or cfg.listen.host}:{ops.port}" if ops else ""
+    print(
+        f"listen: {cfg.listen.host}:{cfg.listen.port}{ops_label}   storage: {_storage_label(cfg)}"
+    )
+    buffer = cfg.storage.outage_buffer
+    print(
+        f"outage buffer: {buffer.max_events} events / {buffer.max_bytes / 1_048_576:g} MiB"
+        f"   retention: {cfg.storage.retention_days} days   synchronous: {cfg.storage.synchronous}"
+    )
+    # Every destination with the settings it runs with, defaults included: a shop must see
+    # that meta_capi waits for ad_storage and ad_user_data without having written it.
     print("destinations:")
     for name, dest in app_module.build_destinations(cfg).items():
-        extra = []
-        if dest.settings.events is not None:
-            extra.append(f"events {', '.join(dest.settings.events)}")
-        if dest.settings.requires:
-            extra.append(
-                f"requires {', '.join(dest.settings.requires)} ({dest.settings.on_denied})"
-            )
-        suffix = f"  [{'; '.join(extra)}]" if extra else ""
-        print(f"  {name}: {dest.describe()}{suffix}")
+        settings = dest.settings
+        print(f"  {name}: {dest.describe()}")
+        requires = ", ".join(dest.requires) or "nothing"
+        events = ", ".join(settings.events) if settings.events is not None else "all"
+        retry = settings.retry
+        print(
+            f"    requires {requires} (on_denied: {settings.on_denied}); events: {events};"
+            f" batch {dest.batch_size}, retry {retry.max_attempts} attempts"
+            f" {retry.base_ms}-{retry.max_ms} ms, timeout {settings.timeout_ms} ms"
+        )
     print("sources:")
-    for name, settings in cfg.sources.items():
-        source = sources.TYPES[name](settings)
+    for name, source_settings in cfg.sources.items():
+        source = sources.TYPES[name](source_settings)
         paths = sorted({path for _, path in source.routes()})
-        targets = ", ".join(settings.send_to) or "(nowhere)"
+        targets = ", ".join(source_settings.send_to) or "(nowhere)"
         print(f"  {name}: {' '.join(paths)} -> {targets}")
+    print("rules:" + ("" if cfg.rules else " none"))
+    for rule in cfg.rules:
+        print(f"  {rule.index + 1}. {_rule_label(rule)}")
+    cookie = cfg.cookies
+    print(
+        f"cookies: _fbp/_fbc/_ttp/ttclid on {cookie.domain} for {cookie.max_age_days} days"
+        if cookie
+        else "cookies: none set"
+    )
+    print("scripts:" + ("" if cfg.scripts else " none"))
+    for script in cfg.scripts:
+        print(f"  {script.path} <- {script.upstream} (ttl {script.ttl})")
+    print("admin: /admin (token set)" if cfg.admin else "admin: off (no admin.token)")
+    consent = cfg.consent
+    tcf = f"on (cookie {consent.tcf_cookie})" if consent.tcf and consent.tcf_cookie else None
+    print(
+        f"consent: default {consent.default}, honor_gpc {'on' if consent.honor_gpc else 'off'},"
+        f" tcf {tcf or ('on' if consent.tcf else 'off')}"
+    )
+    if not cfg.sources:
+        print("warning: no source is configured, so the gateway takes no hits")
     return 0
+
+
+def _rule_label(rule: Any) -> str:
+    """One rule as `check` shows it: its scope, then its action."""
+    from gateway.rules import field_rules as r
+
+    scope = f"[{rule.destination}] " if rule.destination else ""
+    if rule.events is not None:
+        scope += f"[events {', '.join(sorted(rule.events))}] "
+    action = rule.action
+    if isinstance(action, r.RedactUrlParams):
+        text = f"redact_url_params: {', '.join(sorted(action.names))}"
+    elif isinstance(action, r.DropFields):
+        text = f"drop_fields: {', '.join(str(p) for p in action.paths)}"
+    elif isinstance(action, r.SetFields):
+        text = "set: " + ", ".join(f"{path}={value}" for path, value in action.values)
+    elif isinstance(action, r.RenameEvent):
+        text = f"rename_event: {action.old} -> {action.new}"
+    else:
+        conditions = []
+        if action.user_agent is not None:
+            conditions.append(f"user agent matches {action.user_agent.pattern}")
+        if action.networks is not None:
+            conditions.append(f"IP in {', '.join(str(n) for n in action.networks)}")
+        if action.event_names is not None:
+            conditions.append(f"named {', '.join(sorted(action.event_names))}")
+        text = "drop_events: " + " and ".join(conditions)
+    return scope + text
 
 
 def _query(args: argparse.Namespace, statuses: Sequence[str], limit: int) -> object:
@@ -153,14 +232,57 @@ def _query(args: argparse.Namespace, statuses: Sequence[str], limit: int) -> obj
     )
 
 
-async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
+def _no_store(cfg: Config) -> bool:
+    """True (said on stderr) when there is no SQLite file where the config says: a read
+    command must not leave an empty store behind wherever it was run."""
+    path = cfg.storage.path
+    if cfg.storage.url or Path(path).is_file():
+        return False
+    print(
+        f"no store at {path} (storage.path in {cfg.origin}); has serve run with it?",
+        file=sys.stderr,
+    )
+    return True
+
+
+async def _open_existing(cfg: Config) -> Storage | None:
+    """The configured store, or None when there is none (`_no_store`)."""
     from gateway.storage import open_storage
+
+    if await asyncio.to_thread(_no_store, cfg):
+        return None
+    return await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
+
+
+async def _known_destination(store: Storage, cfg: Config, destination: str | None) -> bool:
+    """True unless `destination` is neither configured nor in the log (said on stderr); a
+    destination taken out of the config keeps its rows, and they stay readable."""
+    from gateway.store import DeliveryQuery
+
+    if destination is None or destination in cfg.destinations:
+        return True
+    if await store.deliveries(DeliveryQuery(destination=destination, limit=1)):
+        return True
+    configured = ", ".join(cfg.destinations) or "none"
+    print(
+        f"unknown destination '{destination}': not in the config ({configured})"
+        " nor in the delivery log",
+        file=sys.stderr,
+    )
+    return False
+
+
+async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
     from gateway.store import DeliveryQuery
 
     query = _query(args, args.status, max(1, args.limit))
     assert isinstance(query, DeliveryQuery)
-    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
+    store = await _open_existing(cfg)
+    if store is None:
+        return 1
     try:
+        if not await _known_destination(store, cfg, query.destination):
+            return 2
         rows = await store.deliveries(query)
     finally:
         await store.close()
@@ -177,7 +299,7 @@ async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
             "attempts": row.attempts,
             "http_status": row.http_status,
             "message": row.message,
-            "latency_ms": row.latency_ms,
+            "latency_ms": round(row.latency_ms, 2) if row.latency_ms is not None else None,
             "duplicate_of": row.duplicate_of,
             "created_at": iso(row.created_at),
             "updated_at": iso(row.updated_at),
@@ -203,21 +325,19 @@ async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _replay(cfg: Config, args: argparse.Namespace) -> int:
-    import structlog
-
-    from gateway.storage import open_storage
     from gateway.store import DeliveryQuery
 
     query = _query(args, args.status or ["dead"], 0)
     assert isinstance(query, DeliveryQuery)
-    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
+    store = await _open_existing(cfg)
+    if store is None:
+        return 1
     try:
+        if not await _known_destination(store, cfg, query.destination):
+            return 2
         count = await store.requeue(query)
     finally:
         await store.close()
-    structlog.get_logger("gateway.cli").info(
-        "replay", requeued=count, statuses=list(query.statuses), destination=query.destination
-    )
     print(f"re-queued {count} deliveries")
     return 0
 
@@ -246,12 +366,13 @@ def _window(args: argparse.Namespace) -> tuple[object, object]:
 
 async def _report(cfg: Config, args: argparse.Namespace) -> int:
     from gateway import report
-    from gateway.storage import open_storage
 
     window, compare = _window(args)
     assert isinstance(window, report.Window)
     assert compare is None or isinstance(compare, report.Window)
-    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
+    store = await _open_existing(cfg)
+    if store is None:
+        return 1
     try:
         built = await report.build(store, window, compare)
     finally:

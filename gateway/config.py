@@ -45,12 +45,22 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+class OpsListen(StrictModel):
+    """A listener for operators (docs/http.md §3): /readyz in detail, /metrics, /admin."""
+
+    host: str | None = None
+    """None: the same address as the public listener."""
+    port: int = Field(ge=1, le=65535)
+
+
 class Listen(StrictModel):
     """Where `serve` listens."""
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    ops: OpsListen | None = None
+    """None: the operator's routes are on the public listener, as they always were."""
 
 
 class OutageBuffer(StrictModel):
@@ -281,15 +291,63 @@ def _describe(exc: ValidationError, prefix: str) -> list[str]:
         where = prefix
         for part in error["loc"]:
             where = f"{where}[{part}]" if isinstance(part, int) else _join(where, str(part))
-        kind = error["type"]
-        if kind == "missing":
-            message = "required"
-        elif kind == "extra_forbidden":
-            message = "unknown key"
-        else:
-            message = error["msg"][:1].lower() + error["msg"][1:]
-        lines.append(f"{where or '<top>'}: {message}")
+        lines.append(f"{where or '<top>'}: {_plain(error['type'], error['msg'], error.get('ctx'))}")
     return lines
+
+
+# pydantic's wording is about Python types ("input should be a valid tuple"); a shop writes YAML.
+_PLAIN: Final = {
+    "missing": "required",
+    "extra_forbidden": "unknown key",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "set_type": "must be a list",
+    "frozen_set_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "string_type": "must be text",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be above {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be below {lt}",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_short": "must have at least {min_length} entries",
+    "too_long": "must have at most {max_length} entries",
+    "literal_error": "must be {expected}",
+    "enum": "must be {expected}",
+}
+_PATTERNS: Final = {
+    "^/": "must start with /",
+    "^https?://": "must start with http:// or https://",
+    "^postgres(ql)?://": "must start with postgresql://",
+}
+
+
+def _plain(kind: str, msg: str, ctx: Mapping[str, Any] | None) -> str:
+    """One problem in the config's terms: "must be a list", never "a valid tuple"."""
+    ctx = ctx or {}
+    if kind == "string_pattern_mismatch":
+        pattern = str(ctx.get("pattern", ""))
+        return _PATTERNS.get(pattern, f"does not have the expected form ({pattern})")
+    if kind in _PLAIN:
+        try:
+            return _PLAIN[kind].format(**ctx)
+        except (KeyError, IndexError):
+            pass
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    for python, plain in (("Input should be", "must be"), ("String should", "must")):
+        msg = msg.replace(python, plain)
+    return msg[:1].lower() + msg[1:]
 
 
 def _destinations(raw: dict[str, Any], problems: list[str]) -> dict[str, DestinationSettings]:
@@ -309,8 +367,14 @@ def _destinations(raw: dict[str, Any], problems: list[str]) -> dict[str, Destina
             problems.append(f"{path}.type: unknown type '{kind}' (known: {known})")
             continue
         settings = _validate(cls.settings_model, body, path, problems)
-        if settings is not None:
-            out[name] = settings
+        if settings is None:
+            continue
+        wanted = settings.batch.max_events
+        if wanted is not None and wanted > cls.max_batch:
+            # Silently capped, it would hide that the platform refuses more in one request.
+            problems.append(f"{path}.batch.max_events: at most {cls.max_batch} (the {kind} limit)")
+            continue
+        out[name] = settings
     return out
 
 

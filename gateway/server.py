@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import socket
 import sys
 from typing import Final
 
@@ -12,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from gateway import logs
-from gateway.app import create_app
+from gateway.app import create_app, ops_port
 from gateway.config import EMBEDDED, Config
 from gateway.store import StoreLocked
 
@@ -52,11 +53,22 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
     asyncio.set_event_loop(loop)
     app = create_app(config)
     app.on_startup.append(_settle_gc)
+    ops = config.listen.ops
+    ops_sockets = []
+    if ops is not None and ops_port(config) is not None:
+        ops_host = ops.host or config.listen.host
+        try:
+            ops_sockets.append(socket.create_server((ops_host, ops.port), backlog=128))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            return _refuse(f"cannot listen on {ops_host}:{ops.port}: address already in use")
     try:
         web.run_app(
             app,
             host=bind_host,
             port=bind_port,
+            sock=ops_sockets or None,
             print=None,
             access_log=None,
             shutdown_timeout=2.0,

@@ -6,9 +6,9 @@ vendor's keys live beside the code that reads them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 Purpose = Literal["ad_storage", "analytics_storage", "ad_user_data", "ad_personalization"]
 
@@ -35,6 +35,12 @@ class Retry(StrictModel):
     base_ms: int = Field(default=500, ge=1)
     max_ms: int = Field(default=300_000, ge=1)
 
+    @model_validator(mode="after")
+    def _base_within_max(self) -> Self:
+        if self.base_ms > self.max_ms:
+            raise ValueError(f"base_ms ({self.base_ms}) is above max_ms ({self.max_ms})")
+        return self
+
 
 class DestinationSettings(StrictModel):
     """Keys every destination takes (docs/configuration.md)."""
@@ -57,5 +63,5 @@ class SourceSettings(StrictModel):
     """Keys every source takes."""
 
     send_to: tuple[str, ...] = ()
-    path: str | None = None
+    path: str | None = Field(default=None, pattern=r"^/")
     """Base path of the source's routes; None keeps the vendor's default."""

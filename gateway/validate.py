@@ -76,6 +76,7 @@ class _Report:
         self.name = name
         self.out = out
         self.problems = 0
+        self.skipped = False
 
     def line(self, text: str) -> None:
         print(f"{self.name}: {text}", file=self.out)
@@ -136,6 +137,7 @@ async def _test_event_code(
     code = dest.settings.test_event_code
     if not code:
         report.line("skipped: no test_event_code configured (samples would count as real events)")
+        report.skipped = True
         return
     requests: list[OutRequest] = dest.build_requests(_items(dest, events, report))
     for request in requests:
@@ -163,7 +165,7 @@ async def run_validate(config: Config, out: TextIO) -> int:
     Prints what each platform said; returns 1 if any reported a problem, else 0.
     """
     events = sample_events()
-    problems = 0
+    problems = checked = skipped = 0
     async with aiohttp.ClientSession(headers={"User-Agent": "tag-gateway"}) as session:
         for name, settings in config.destinations.items():
             dest = destinations.TYPES[settings.type](name, settings)
@@ -174,8 +176,16 @@ async def run_validate(config: Config, out: TextIO) -> int:
                 await _test_event_code(dest, session, events, report)
             else:
                 report.line(f"skipped: {dest.type} has no test mode")
+                report.skipped = True
             if report.problems:
                 report.line(f"{report.problems} problem(s)")
             problems += report.problems
-    print("validate: " + (f"{problems} problem(s)" if problems else "ok"), file=out)
+            skipped += report.skipped
+            checked += not report.skipped
+    # "ok" after checking nothing would pass a deploy pipeline that validated nothing.
+    if not checked:
+        print(f"validate: nothing was validated ({skipped} skipped)", file=out)
+        return 1
+    summary = f"{problems} problem(s)" if problems else "ok"
+    print(f"validate: {summary} ({checked} checked, {skipped} skipped)", file=out)
     return 1 if problems else 0

@@ -87,7 +87,7 @@ async def test_a_validation_message_is_printed_and_fails_the_run(
         "tiktok: 2 sample events with test_event_code TEST67890: HTTP 200",
         "  accepted: code 0: OK (request_id r1)",
         "audit: skipped: dry_run has no test mode",
-        "validate: 1 problem(s)",
+        "validate: 1 problem(s) (2 checked, 2 skipped)",
     ]
     for secret in ("GA4-SECRET", "META-TOKEN", "TT-TOKEN"):
         assert secret not in text
@@ -120,7 +120,10 @@ destinations:
     )
     out = io.StringIO()
     assert await run_validate(cfg, out) == 0
-    assert out.getvalue().splitlines()[1:] == ["  no validation messages", "validate: ok"]
+    assert out.getvalue().splitlines()[1:] == [
+        "  no validation messages",
+        "validate: ok (1 checked, 0 skipped)",
+    ]
 
     # Control: the same samples to Meta with a test code; the fake Meta refuses them.
     out = io.StringIO()
