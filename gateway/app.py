@@ -26,6 +26,7 @@ from gateway.config import Config, Cookies
 from gateway.cors import cors_middleware
 from gateway.delivery import Worker
 from gateway.destinations.base import Destination
+from gateway.encoding import DecodedTooLarge, EncodingError, decode_body
 from gateway.event import ConsentState, Event
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -83,7 +84,12 @@ def create_app(config: Config) -> web.Application:
         middlewares.insert(0, cors_middleware(config.allowed_origins))
     if (port := ops_port(config)) is not None:
         middlewares.append(_operators_on(port))
-    app = web.Application(client_max_size=config.listen.max_body_bytes, middlewares=middlewares)
+    app = web.Application(
+        client_max_size=config.listen.max_body_bytes,
+        middlewares=middlewares,
+        # Bodies are decoded by the handlers (gateway/encoding.py), not by aiohttp's parser.
+        handler_args={"auto_decompress": False},
+    )
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[DESTINATIONS] = build_destinations(config)
@@ -272,9 +278,12 @@ def _browser_handler(
         names: list[str] = []
         try:
             body = await request.read() if request.can_read_body else b""
-        except web.HTTPRequestEntityTooLarge:
+            body = decode_body(
+                body, request.headers.get("Content-Encoding"), config.listen.max_body_bytes
+            )
+        except (web.HTTPRequestEntityTooLarge, DecodedTooLarge):
             outcome, body = Outcome.TOO_LARGE, None
-        except RequestPayloadError:  # not what its Content-Encoding says
+        except (EncodingError, RequestPayloadError):  # not what its Content-Encoding says
             outcome, body = Outcome.MALFORMED, None
         if body is not None:
             hit = Hit(
@@ -432,16 +441,17 @@ def _server_handler(
         if not authorized(request.headers.get("Authorization"), source.settings.api_keys):
             log.info("server.unauthorized")
             return answer(request, 401, {"error": "missing or wrong API key"}, "unauthorized")
+        limit = request.app[CONFIG].listen.max_body_bytes
         try:
-            body = await request.read()
+            body = decode_body(await request.read(), request.headers.get("Content-Encoding"), limit)
         except web.HTTPRequestEntityTooLarge:
-            limit = request.app[CONFIG].listen.max_body_bytes
             return answer(
                 request, 413, {"error": f"body over {limit} bytes"}, str(Outcome.TOO_LARGE)
             )
-        except RequestPayloadError:
-            encoding = request.headers.get("Content-Encoding", "")
-            error = f"body does not decode as Content-Encoding: {encoding}"[:200]
+        except DecodedTooLarge as exc:
+            return answer(request, 413, {"error": str(exc)}, str(Outcome.TOO_LARGE))
+        except (EncodingError, RequestPayloadError) as exc:
+            error = str(exc) if isinstance(exc, EncodingError) else "body cannot be read"
             return answer(request, 400, {"error": error}, str(Outcome.MALFORMED))
         try:
             batch = parse_body(body, received)
