@@ -29,7 +29,7 @@ destinations:
     access_token: {TOKEN}
     endpoint: {endpoint}
     batch: {{max_wait_ms: 0}}
-    retry: {{base_ms: 10, max_ms: 20}}
+    retry: {{max_attempts: 100, base_ms: 10, max_ms: 20}}
 sources:
   meta_pixel: {{send_to: [meta]}}
   server: {{send_to: [meta], api_keys: [api-key-xyz]}}
