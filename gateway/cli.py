@@ -332,13 +332,35 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> int:
     store = await _open_existing(cfg)
     if store is None:
         return 1
+    import dataclasses
+    import time
+
+    from gateway.app import build_destinations
+    from gateway.store import REPLAY_REASONS
+
+    now = time.time()
+    # A row past its platform's age limit would only be refused again, whole batch and all.
+    oldest = tuple(
+        (name, int(now - dest.max_age_s))
+        for name, dest in build_destinations(cfg).items()
+        if dest.max_age_s is not None
+    )
+    query = dataclasses.replace(query, oldest=oldest)
     try:
         if not await _known_destination(store, cfg, query.destination):
             return 2
-        count = await store.requeue(query)
+        left = await store.replay_leftovers(query, now)
+        count = await store.requeue(query, now)
     finally:
         await store.close()
     print(f"re-queued {count} deliveries")
+    if (older := left.pop("candidate", 0) - count) > 0:
+        left["older_copy"] = older
+    if total := sum(left.values()):
+        print(f"left {total}:")
+        for reason, text in REPLAY_REASONS.items():
+            if left.get(reason):
+                print(f"  {left[reason]} {text}")
     return 0
 
 

@@ -53,6 +53,11 @@ class Storage(Protocol):
     async def requeue(self, query: DeliveryQuery, now: float | None = None) -> int:
         """Re-queue dead or failed deliveries."""
 
+    async def replay_leftovers(
+        self, query: DeliveryQuery, now: float | None = None
+    ) -> dict[str, int]:
+        """Why `requeue(query)` would leave each row it matches, counted by reason."""
+
     async def next_due(self, destination: str) -> float | None:
         """When the next pending delivery is due."""
 

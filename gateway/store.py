@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -89,6 +90,14 @@ class Status(StrEnum):
 
 
 PENDING: Final = (Status.QUEUED, Status.FAILED)
+REPLAY_REASONS: Final = {
+    "in_flight": "in flight (a worker is sending it)",
+    "later_copy": "a later copy of the event is queued or was sent within 48 hours",
+    "older_copy": "an older row of an event whose newest row was re-queued",
+    "too_old": "past the platform's age limit (it would be refused)",
+    "no_payload": "no payload kept",
+}
+"""Why `replay` leaves a row, as `replay_leftovers` counts them."""
 # A delivery in one of these states blocks a later copy of the same event (dedup).
 _BLOCKING: Final = (Status.QUEUED, Status.FAILED, Status.SENT)
 
@@ -729,6 +738,31 @@ class Store:
 
         return await self.write(run)
 
+    async def replay_leftovers(
+        self, query: DeliveryQuery, now: float | None = None
+    ) -> dict[str, int]:
+        """Before `requeue(query)`: the rows it matches and why each would be left, as counts
+        by reason (REPLAY_REASONS); `candidate` rows are those it may take (of several of one
+        event, it takes only the newest)."""
+        at = time.time() if now is None else now
+        base = dataclasses.replace(query, oldest=())
+        where, params = base.where()
+        old, old_params = query.too_old()
+        blocking = ",".join(f"'{s}'" for s in _BLOCKING)
+        sql = (
+            f"SELECT CASE WHEN {old} THEN 'too_old'"
+            " WHEN d.payload IS NULL THEN 'no_payload'"
+            " WHEN d.leased_until > ? THEN 'in_flight'"
+            " WHEN EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = d.destination"
+            " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.id != d.id"
+            f" AND (o.created_at > ? OR o.updated_at > ?) AND o.status IN ({blocking}))"
+            " THEN 'later_copy' ELSE 'candidate' END, COUNT(*)"
+            f" FROM deliveries d {where} GROUP BY 1"
+        )
+        cutoff = at - DEDUP_WINDOW_S
+        async with self.reader.execute(sql, [*old_params, at, cutoff, cutoff, *params]) as cur:
+            return {str(row[0]): int(row[1]) for row in await cur.fetchall()}
+
     async def queue_stats(self) -> dict[str, tuple[int, float | None]]:
         """Per destination: pending deliveries and when the oldest of them was created."""
         sql = (
@@ -805,11 +839,25 @@ class DeliveryQuery:
     since: float | None = None
     until: float | None = None
     limit: int = 100
+    oldest: tuple[tuple[str, int], ...] = ()
+    """(destination, oldest event_time) pairs: rows of an older event are left out. `replay`
+    sets it from each platform's age limit, past which a send is refused whole."""
+
+    def too_old(self, prefix: str = "d.") -> tuple[str, list[Any]]:
+        """A condition true for the rows `oldest` leaves out, and its parameters."""
+        if not self.oldest:
+            return "0", []
+        terms = [f"({prefix}destination = ? AND {prefix}event_time < ?)" for _ in self.oldest]
+        return "(" + " OR ".join(terms) + ")", [v for pair in self.oldest for v in pair]
 
     def where(self, prefix: str = "d.") -> tuple[str, list[Any]]:
         """A WHERE clause and its parameters."""
         clauses: list[str] = ["1 = 1"]
         params: list[Any] = []
+        if self.oldest:
+            condition, values = self.too_old(prefix)
+            clauses.append(f"NOT {condition}")
+            params.extend(values)
         if self.statuses:
             clauses.append(f"{prefix}status IN ({','.join('?' for _ in self.statuses)})")
             params.extend(self.statuses)

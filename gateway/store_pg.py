@@ -20,6 +20,7 @@ numbers from either store. Every statement is below, in one place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -391,6 +392,8 @@ def _where(query: DeliveryQuery, params: list[Any], prefix: str = "d.") -> str:
         return f"${len(params)}"
 
     clauses = ["TRUE"]
+    if query.oldest:
+        clauses.append(f"NOT {_too_old(query, params, prefix)}")
     if query.statuses:
         clauses.append(f"{prefix}status = ANY({bind(list(query.statuses))}::text[])")
     if query.destination is not None:
@@ -402,6 +405,16 @@ def _where(query: DeliveryQuery, params: list[Any], prefix: str = "d.") -> str:
     if query.until is not None:
         clauses.append(f"{prefix}created_at < {bind(query.until)}")
     return "WHERE " + " AND ".join(clauses)
+
+
+def _too_old(query: DeliveryQuery, params: list[Any], prefix: str = "d.") -> str:
+    """`DeliveryQuery.too_old()` in numbered placeholders."""
+    terms = []
+    for destination, oldest in query.oldest:
+        params.extend((destination, oldest))
+        n = len(params)
+        terms.append(f"({prefix}destination = ${n - 1} AND {prefix}event_time < ${n})")
+    return "(" + " OR ".join(terms) + ")" if terms else "FALSE"
 
 
 def _rowcount(status: str) -> int:
@@ -772,6 +785,27 @@ class PgStore:
             return _rowcount(status)
 
         return await self._write(run)
+
+    async def replay_leftovers(
+        self, query: DeliveryQuery, now: float | None = None
+    ) -> dict[str, int]:
+        """As Store.replay_leftovers."""
+        at = time.time() if now is None else now
+        params: list[Any] = [at, at - DEDUP_WINDOW_S]
+        old = _too_old(query, params)
+        where = _where(dataclasses.replace(query, oldest=()), params)
+        sql = (
+            f"SELECT CASE WHEN {old} THEN 'too_old'"
+            " WHEN d.payload IS NULL THEN 'no_payload'"
+            " WHEN d.leased_until > $1 THEN 'in_flight'"
+            " WHEN EXISTS (SELECT 1 FROM deliveries AS o WHERE o.destination = d.destination"
+            " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.id <> d.id"
+            f" AND (o.created_at > $2 OR o.updated_at > $2) AND o.status IN {_LIVE})"
+            " THEN 'later_copy' ELSE 'candidate' END AS reason, COUNT(*) AS n"
+            f" FROM deliveries AS d {where} GROUP BY 1"
+        )
+        rows = await self.pool.fetch(sql, *params)
+        return {str(row["reason"]): int(row["n"]) for row in rows}
 
     # --- reads -------------------------------------------------------------------------------
 
