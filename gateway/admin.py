@@ -17,7 +17,7 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway import report
+from gateway import attribution, report
 from gateway.pipeline import MATCH_KEYS
 from gateway.storage import Storage
 from gateway.store import DeliveryQuery, DeliveryRow
@@ -58,7 +58,40 @@ async def page(store: Storage, now: float | None = None) -> str:
     built = await report.build(store, window)
     hourly = await store.hourly(window.since, window.until)
     dead = await store.deliveries(DeliveryQuery(statuses=("dead",), limit=20))
-    return _html(built, hourly, dead, window)
+    credited = await attribution.build(store, until - 30 * 86400, until)
+    return _html(built, hourly, dead, window, credited)
+
+
+def _attribution(result: attribution.Attribution) -> str:
+    """Contract §11's table for the last 30 days, with the default window and model."""
+    head = "".join(
+        f"<th>{h}</th>" for h in ("channel", "campaign", "touches", "conversions", "share", "value")
+    )
+    rows = []
+    for r in [*result.rows, result.unattributed]:
+        if r is result.unattributed and not r.conversions:
+            continue
+        value = " ".join(f"{v:.2f} {escape(c)}" for c, v in r.value.items() if c) or "-"
+        touches = "-" if r is result.unattributed else str(r.touches)
+        cells = [escape(r.channel), escape(r.campaign), touches, str(r.conversions)]
+        cells += [f"{result.share(r):.0%}", value]
+        rows.append(
+            f'<tr data-channel="{escape(r.channel)}" data-campaign="{escape(r.campaign)}">'
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    body = (
+        f"<table class='attribution'><tr>{head}</tr>{''.join(rows)}</table>"
+        if rows
+        else "<p>No conversions and no touches in the last 30 days.</p>"
+    )
+    return (
+        "<h2>Conversions by channel and campaign (last 30 days)</h2>"
+        f"<p>Window {result.window}, model {result.model}, event {result.event}: each conversion"
+        " is credited to the last click or UTM landing of the same visitor within 7 days before"
+        f" it; {attribution.VIEW_THROUGH}. <code>tag-gateway attribution --spend FILE</code> adds"
+        f" spend, CPA and ROAS.</p>{body}"
+    )
 
 
 def _hourly_chart(
@@ -212,6 +245,7 @@ def _html(
     hourly: list[tuple[float, str, str, int]],
     dead: list[DeliveryRow],
     window: report.Window,
+    credited: attribution.Attribution,
 ) -> str:
     per_dest: dict[str, list[tuple[float, str, int]]] = defaultdict(list)
     for hour, dest, status, count in hourly:
@@ -245,5 +279,6 @@ small {{ color: #777; }}
 <p>Per event name the server API sent: browser and backend events, those with the same event ID
 from both within 48 hours, and coverage (both / browser).</p>{_overlap(built)}
 <h2>Report</h2>{_table(built)}
+{_attribution(credited)}
 <h2>Latest dead deliveries</h2>{_dead(dead)}
 </body></html>"""

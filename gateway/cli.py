@@ -85,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--json", action="store_true")
     command("validate", "send sample events to each destination's test mode")
+    attribution = command(
+        "attribution", "conversions, value, CPA and ROAS per channel and campaign in one window"
+    )
+    attribution.add_argument("--since", default="30d")
+    attribution.add_argument("--until")
+    attribution.add_argument("--window", default="7d", help="the lookback (default 7d)")
+    attribution.add_argument("--model", choices=("last_click", "first_click"), default="last_click")
+    attribution.add_argument("--event", default="purchase", help="the conversion's event name")
+    attribution.add_argument(
+        "--spend", metavar="FILE", help="CSV: date,channel,campaign,spend,currency"
+    )
+    attribution.add_argument("--json", action="store_true")
     return parser
 
 
@@ -115,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_validate(_load(args.config), sys.stdout))
     if args.command == "report":
         return asyncio.run(_report(_load(args.config), args))
+    if args.command == "attribution":
+        return _attribution(_load(args.config), args)
     return 2
 
 
@@ -375,7 +389,7 @@ def _window(args: argparse.Namespace) -> tuple[object, object]:
             parse_time(args.since, now), parse_time(args.until, now) if args.until else now
         )
         compare = None
-        if args.compare_to:
+        if getattr(args, "compare_to", None):
             first, sep, second = args.compare_to.partition("..")
             if not sep:
                 raise ValueError("--compare-to takes T1..T2")
@@ -429,6 +443,47 @@ async def _report(cfg: Config, args: argparse.Namespace) -> int:
     for drop in drops:
         print(f"dropped more than {args.fail_on_drop:g}%: {drop.text()}", file=sys.stderr)
     return 1 if drops else 0
+
+
+def _attribution(cfg: Config, args: argparse.Namespace) -> int:
+    """Everything the command line gives is checked before the store is opened."""
+    from pathlib import Path
+
+    from gateway import attribution
+
+    window, _ = _window(args)
+    try:
+        attribution.parse_window(args.window)
+        spend = attribution.read_spend(Path(args.spend)) if args.spend else None
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return asyncio.run(_attribution_run(cfg, args, window, spend))
+
+
+async def _attribution_run(
+    cfg: Config, args: argparse.Namespace, window: object, spend: object
+) -> int:
+    from gateway import attribution, report
+    from gateway.storage import open_storage
+
+    assert isinstance(window, report.Window)
+    assert spend is None or isinstance(spend, list)
+    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
+    try:
+        result = await attribution.build(
+            store,
+            window.since,
+            window.until,
+            window=args.window,
+            model=args.model,
+            event=args.event,
+            spend=spend,
+        )
+    finally:
+        await store.close()
+    (attribution.dump if args.json else attribution.render)(result, sys.stdout)
+    return 0
 
 
 def _storage_label(cfg: Config) -> str:

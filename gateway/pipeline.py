@@ -14,6 +14,7 @@ from typing import Final
 import orjson
 import structlog
 
+from gateway import attribution
 from gateway import consent as consent_rules
 from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
@@ -125,6 +126,7 @@ class Pipeline:
             value=str(custom.value) if custom.value is not None else None,
             currency=custom.currency,
             consent=consent_record,
+            touches=attribution.touches(event, self.store.visitor_secret),
         )
 
     def _delivery(self, dest: Destination, event: Event) -> NewDelivery:

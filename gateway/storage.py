@@ -26,6 +26,8 @@ class Storage(Protocol):
     on_queued: Callable[[Iterable[str]], None]
     write_health: WriteHealth
     """The outcome of the last write transaction (for /readyz)."""
+    visitor_secret: bytes
+    """The HMAC key of attribution's visitor keys: made once, shared by every replica."""
 
     async def close(self) -> None:
         """Finish queued writes and close."""
@@ -72,6 +74,11 @@ class Storage(Protocol):
 
     async def values(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Value sums for a window."""
+
+    async def attribution(
+        self, event: str, since: float, until: float, window_s: float, first: bool
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Conversions, their credited touches, and touch counts (contract §11)."""
 
     async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Pixel and server copies of each event name (contract §10)."""

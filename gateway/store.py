@@ -27,6 +27,7 @@ import fcntl
 import functools
 import inspect
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -142,6 +143,22 @@ CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries (destination, event_name
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_row);
 CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+-- Attribution (contract §11): one row per visitor key of a consented event, its channel and
+-- campaign when the event is a touch. `visitor` is an HMAC, never the key itself.
+CREATE TABLE IF NOT EXISTS touches (
+    id INTEGER PRIMARY KEY,
+    event_row INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    visitor TEXT NOT NULL,
+    channel TEXT,
+    campaign TEXT
+);
+CREATE INDEX IF NOT EXISTS touches_visitor ON touches (visitor, received_at)
+    WHERE channel IS NOT NULL;
+CREATE INDEX IF NOT EXISTS touches_received ON touches (received_at);
+CREATE TABLE IF NOT EXISTS store_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 # Contract §10, per event name the server API sent in [since, until): each event ID once per
@@ -173,6 +190,40 @@ UNION ALL SELECT event_name, 'both', n, AVG(lag) FROM r
     WHERE i IN ((n + 1) / 2, (n + 2) / 2) GROUP BY event_name, n
 """
 
+# Contract §11. Conversions: every copy of the event in the window, first copy first (the
+# caller counts each event ID once).
+CONVERSIONS: Final = """
+SELECT event_id, value, currency FROM events
+WHERE event_name = ?1 AND received_at >= ?2 AND received_at < ?3
+ORDER BY received_at, id
+"""
+# Credits: each conversion (its first copy's time) with the visitor keys any of its copies
+# left, matched to touches of those keys within the window before it; the last touch
+# (?5 = -1) or the first (?5 = 1) wins.
+CREDITS: Final = """
+WITH c AS (
+    SELECT event_id, MIN(received_at) AS t FROM events
+    WHERE event_name = ?1 AND received_at >= ?2 AND received_at < ?3
+    GROUP BY event_id
+), k AS (
+    SELECT DISTINCT c.event_id, c.t, v.visitor FROM touches AS v
+    JOIN c ON c.event_id = v.event_id
+    WHERE v.event_name = ?1 AND v.received_at >= ?2 AND v.received_at < ?3
+), m AS (
+    SELECT k.event_id, t.channel, t.campaign,
+           ROW_NUMBER() OVER (PARTITION BY k.event_id
+                              ORDER BY t.received_at * ?5, t.id * ?5) AS n
+    FROM k JOIN touches AS t ON t.visitor = k.visitor AND t.channel IS NOT NULL
+        AND t.received_at >= k.t - ?4 AND t.received_at <= k.t
+)
+SELECT event_id, channel, campaign FROM m WHERE n = 1
+"""
+TOUCHES: Final = """
+SELECT channel, campaign, COUNT(DISTINCT event_row) FROM touches
+WHERE channel IS NOT NULL AND received_at >= ?1 AND received_at < ?2
+GROUP BY channel, campaign
+"""
+
 # Durability first: WAL with a full sync on every commit survives a crash and a power cut.
 # secure_delete overwrites erased payloads instead of leaving them in free pages.
 _PRAGMAS: Final = (
@@ -197,6 +248,16 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class NewTouch:
+    """One visitor key of an event, for attribution: a touch when `channel` is set."""
+
+    visitor: str
+    """The key's HMAC (`attribution.visitor_keys`)."""
+    channel: str | None = None
+    campaign: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event row and its delivery rows, as the pipeline hands them to the store."""
 
@@ -211,6 +272,7 @@ class NewEvent:
     value: str | None = None
     currency: str | None = None
     consent: str | None = None
+    touches: Sequence[NewTouch] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +404,8 @@ class Store:
         """Called after a commit with the destinations that got new queued rows."""
         self.write_health = WriteHealth()
         self._lock_fd: int | None = None
+        self.visitor_secret = b""
+        """The HMAC key of attribution's visitor keys, made once per store (set by `open`)."""
 
     @classmethod
     async def open(cls, path: str, synchronous: str = "full", *, exclusive: bool = False) -> Store:
@@ -373,6 +437,7 @@ class Store:
         store = cls(path, conn, reader)
         store._lock_fd = lock_fd
         await _until_free(store._init_ids)
+        store.visitor_secret = await _until_free(lambda: _secret(conn))
         store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
         return store
 
@@ -494,10 +559,15 @@ class Store:
         first_seen = self._existing_keys(events)
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
+        touch_rows: list[tuple[Any, ...]] = []
         added: list[Added] = []
         for event in events:
             row = self._ids.next_event
             self._ids.next_event += 1
+            for t in event.touches:
+                touch_rows.append(
+                    (row, event.event_id, event.event_name, event.received_at, *touch_columns(t))
+                )
             event_rows.append(
                 (
                     row,
@@ -562,6 +632,12 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             delivery_rows,
         )
+        if touch_rows:
+            self._conn.executemany(
+                "INSERT INTO touches (event_row, event_id, event_name, received_at, visitor,"
+                " channel, campaign) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                touch_rows,
+            )
         return added
 
     def _existing_keys(self, events: Sequence[NewEvent]) -> dict[tuple[str, str, str], int]:
@@ -654,9 +730,9 @@ class Store:
         await self.write(run)
 
     async def prune(self, older_than: float, batch: int = 500) -> int:
-        """Delete up to `batch` final delivery rows created before `older_than`, and events
-        left with no delivery; returns how many delivery rows went. Small batches, so each is
-        one short transaction among the hits'."""
+        """Delete up to `batch` final delivery rows created before `older_than`, events left
+        with no delivery, and touches; returns how many delivery and touch rows went. Small
+        batches, so each is one short transaction among the hits'."""
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -671,7 +747,12 @@ class Store:
                 " (SELECT 1 FROM deliveries d WHERE d.event_row = e.id) LIMIT ?)",
                 (older_than, batch),
             )
-            return deleted
+            cur = conn.execute(
+                "DELETE FROM touches WHERE id IN (SELECT id FROM touches"
+                " WHERE received_at < ? LIMIT ?)",
+                (older_than, batch),
+            )
+            return deleted + cur.rowcount
 
         return await self.write(run)
 
@@ -818,6 +899,23 @@ class Store:
         async with self.reader.execute(sql, (since, until)) as cur:
             return [tuple(row) for row in await cur.fetchall()]
 
+    async def attribution(
+        self, event: str, since: float, until: float, window_s: float, first: bool
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Contract §11: the copies of `event` received in [since, until) (event_id, value,
+        currency; first copy first), the touch each is credited to (event_id, channel,
+        campaign), and touches per channel and campaign in the window."""
+        params = (event, since, until, window_s, 1 if first else -1)
+        out = []
+        for sql, args in (
+            (CONVERSIONS, params[:3]),
+            (CREDITS, params),
+            (TOUCHES, params[1:3]),
+        ):
+            async with self.reader.execute(sql, args) as cur:
+                out.append([tuple(row) for row in await cur.fetchall()])
+        return out[0], out[1], out[2]
+
     async def ping(self) -> None:
         """A write that reaches the file (a transaction that wrote nothing commits even on a
         full disk): storage takes writes (for /readyz)."""
@@ -933,3 +1031,16 @@ async def _until_free(statement: Callable[[], T]) -> T:
 
 def _heartbeat(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (time.time(),))
+def touch_columns(t: NewTouch) -> tuple[str, str | None, str | None]:
+    """A touch as the columns both stores insert after the event's own."""
+    return t.visitor, t.channel, t.campaign
+
+
+def _secret(conn: sqlite3.Connection) -> bytes:
+    """The visitor-key secret: made on first open, read ever after."""
+    conn.execute(
+        "INSERT OR IGNORE INTO store_secrets (name, value) VALUES ('visitor_key', ?)",
+        (secrets.token_bytes(32),),
+    )
+    row = conn.execute("SELECT value FROM store_secrets WHERE name = 'visitor_key'").fetchone()
+    return bytes(row[0])
