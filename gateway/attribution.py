@@ -65,12 +65,18 @@ def touch_of(url: str | None) -> tuple[str, str] | None:
         params = dict(parse_qsl(urlsplit(url).query, keep_blank_values=False))
     except ValueError:
         return None
-    campaign = params.get("utm_campaign", "").strip()[:200] or NO_CAMPAIGN
+    campaign = _printable(params.get("utm_campaign", ""))[:200] or NO_CAMPAIGN
     for param, channel in CLICK_IDS:
         if params.get(param):
             return channel, campaign
-    source = params.get("utm_source", "").strip().lower()[:100]
+    source = _printable(params.get("utm_source", "")).lower()[:100]
     return (source, campaign) if source else None
+
+
+def _printable(text: str) -> str:
+    """A URL parameter fit for a terminal and a table: no control characters (an escape
+    sequence in a campaign name would reach the operator's terminal)."""
+    return "".join(ch for ch in text if ch.isprintable()).strip()
 
 
 def _hashed(value: str, normalized: str | None) -> str | None:

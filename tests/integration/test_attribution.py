@@ -285,3 +285,20 @@ async def test_the_secret_is_made_once_and_touches_go_with_retention(
     )
     assert await gw.store.prune(now - 30 * 86400) >= 1
     assert await gw.rows("SELECT event_id FROM touches") == [("new",)]
+
+
+def test_touch_of_reads_click_ids_first_then_utm_source() -> None:
+    from gateway.attribution import touch_of
+
+    assert touch_of("https://s.example/?utm_source=Newsletter&gclid=x&utm_campaign=b") == (
+        "google",
+        "b",
+    )
+    assert touch_of("https://s.example/?utm_source=Newsletter") == ("newsletter", "(none)")
+    assert touch_of("https://s.example/?ScCid=1") == ("snapchat", "(none)")
+    assert touch_of("https://s.example/?utm_campaign=x%1b%5B31m") is None
+    assert touch_of("https://s.example/?fbclid=1&utm_campaign=%1b%5B2Jspring") == (
+        "meta",
+        "[2Jspring",
+    )
+    assert touch_of("https://s.example/products") is None

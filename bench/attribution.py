@@ -1,0 +1,155 @@
+"""Attribution (contract §11): what touches cost on the hit path, and what the command costs.
+
+    python bench/attribution.py [--duration 10] [--events 1000000] [--rounds 3] [--skip-hits]
+
+1. Hits: the gateway (dry_run, a temporary SQLite file, core 0) under wrk (core 1, 1 thread,
+   50 connections), alternating A B A B in one run:
+   - A: Meta pixel page views that leave no attribution row (no click ID, no visitor key);
+   - B: the same page views landing from a Meta click (`fbclid`, `utm_campaign` in the URL)
+     with an `fbp`: one touch row each, in the same group commit.
+   Three pairs; prints each run and the medians.
+2. The command: N events (90 % page views from a click, 10 % purchases) and N touch rows
+   (one per page view, one visitor key per purchase; 200,000 visitors) in a fresh store over
+   30 days, then `attribution.build` for the 30 days (7-day window, last click) beside
+   `report.build` over the same store, alternating, medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, cpu_note, free_port, gateway_cmd, start, stop, wait_http
+from hits import PIXEL_LUA, QUERY, gateway_config, row, wrk
+
+sys.path.insert(0, str(REPO))
+
+from gateway import attribution, report
+from gateway.store import SCHEMA, Store
+
+PAIRS = 3
+NO_KEYS = QUERY.replace("&fbp=fb.1.1795000000000.1524724929324944", "")
+CLICK = QUERY.replace(
+    "%3Fcolor%3Dblue", "%3Fcolor%3Dblue%26fbclid%3DIwAR2x%26utm_campaign%3Dspring"
+)
+
+
+def hits(duration: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        scripts = {}
+        for name, query in (("A", NO_KEYS), ("B", CLICK)):
+            scripts[name] = tmp / f"{name}.lua"
+            scripts[name].write_text(PIXEL_LUA.replace("%s", query))
+        port = free_port()
+        gw = start(gateway_cmd(gateway_config(tmp, port)), cpu=0, log=tmp / "gateway.log")
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        results: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
+        try:
+            for _ in range(PAIRS):
+                for name in ("A", "B"):
+                    results[name].append(wrk(f"http://127.0.0.1:{port}", scripts[name], duration))
+        finally:
+            stop(gw)
+        conn = sqlite3.connect(tmp / "bench.sqlite3")
+        (touches,) = conn.execute("SELECT COUNT(*) FROM touches").fetchone()
+        conn.close()
+        print(f"{'':<44} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  B/A")
+        for i in range(PAIRS):
+            print(row(f"A page views, no touch (run {i + 1})", results["A"][i], None))
+            print(row(f"B page views from a click (run {i + 1})", results["B"][i], results["A"][i]))
+        a = statistics.median(r[0] for r in results["A"])
+        b = statistics.median(r[0] for r in results["B"])
+        print(f"medians: A {a:,.0f} req/s, B {b:,.0f} req/s, B/A {b / a:.2f}x")
+        print(f"touch rows written during B: {touches:,}")
+
+
+def fill(db: Path, events: int, now: float) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.executescript(SCHEMA)
+    rng = random.Random(7)
+    channels = [("meta", "spring"), ("google", "brand"), ("tiktok", "retarget"), ("email", "news")]
+    event_rows, touch_rows = [], []
+    # Row ids in order of arrival, as the gateway writes them.
+    times = sorted(now - 30 * 86400 * rng.random() for _ in range(events))
+    for i, at in enumerate(times, start=1):
+        visitor = f"v{rng.randrange(200_000)}"
+        if i % 10:
+            channel, campaign = channels[i % len(channels)]
+            event_rows.append((i, f"pv-{i}", "page_view", "meta_pixel", at, None))
+            touch_rows.append((i, f"pv-{i}", "page_view", at, visitor, channel, campaign))
+        else:
+            event_rows.append((i, f"ord-{i}", "purchase", "server", at, "25.00"))
+            touch_rows.append((i, f"ord-{i}", "purchase", at, visitor, None, None))
+    conn.executemany(
+        "INSERT INTO events (id, event_id, event_name, source, event_time, received_at,"
+        " dedupable, match_keys, value, currency, consent)"
+        " VALUES (?1, ?2, ?3, ?4, CAST(?5 AS INTEGER), ?5, 1, 8, ?6, 'EUR', NULL)",
+        event_rows,
+    )
+    conn.executemany(
+        "INSERT INTO touches (event_row, event_id, event_name, received_at, visitor, channel,"
+        " campaign) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        touch_rows,
+    )
+    conn.commit()
+    conn.close()
+
+
+async def cost(db: Path, rounds: int, now: float) -> None:
+    store = await Store.open(str(db))
+    since = now - 30 * 86400
+    timings: dict[str, list[float]] = {"report": [], "attribution": []}
+    result = await attribution.build(store, since, now + 1)  # warm the page cache
+    for _ in range(rounds):
+        for name in ("report", "attribution"):
+            started = time.perf_counter()
+            if name == "report":
+                await report.build(store, report.Window(since, now + 1))
+            else:
+                result = await attribution.build(store, since, now + 1)
+            timings[name].append(time.perf_counter() - started)
+    await store.close()
+    print(
+        f"conversions {result.conversions:,}: attributed"
+        f" {result.conversions - result.unattributed.conversions:,},"
+        f" unattributed {result.unattributed.conversions:,}"
+    )
+    for name, runs in timings.items():
+        shown = ", ".join(f"{t:.2f}" for t in runs)
+        print(f"{name:<12} over 30 days: median {statistics.median(runs):.2f} s  ({shown})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-hits", action="store_true")
+    args = parser.parse_args()
+    print(cpu_note())
+    if not args.skip_hits:
+        hits(args.duration)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "attribution.sqlite3"
+        now = time.time()
+        started = time.monotonic()
+        fill(db, args.events, now)
+        print(
+            f"{args.events:,} events and {args.events:,} touch rows written in"
+            f" {time.monotonic() - started:.0f} s"
+        )
+        asyncio.run(cost(db, args.rounds, now))
+
+
+if __name__ == "__main__":
+    main()
