@@ -465,11 +465,12 @@ async def _attribution_run(
     cfg: Config, args: argparse.Namespace, window: object, spend: object
 ) -> int:
     from gateway import attribution, report
-    from gateway.storage import open_storage
 
     assert isinstance(window, report.Window)
     assert spend is None or isinstance(spend, list)
-    store = await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
+    store = await _open_existing(cfg)
+    if store is None:
+        return 1
     try:
         result = await attribution.build(
             store,

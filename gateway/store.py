@@ -1031,6 +1031,8 @@ async def _until_free(statement: Callable[[], T]) -> T:
 
 def _heartbeat(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (time.time(),))
+
+
 def touch_columns(t: NewTouch) -> tuple[str, str | None, str | None]:
     """A touch as the columns both stores insert after the event's own."""
     return t.visitor, t.channel, t.campaign
