@@ -569,8 +569,14 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
+    stats: dict[str, tuple[int, float | None]] | None = None
     if STORE in request.app:
-        stats = await _queues(request.app)
+        try:
+            stats = await _queues(request.app)
+        except Exception as exc:  # storage down: the rest of the metrics matter all the more
+            log.warning("metrics.queue_stats_failed", error=type(exc).__name__)
+            stats = None
+    if stats is not None:
         now = time.time()
         for name in request.app[DESTINATIONS]:
             depth, oldest = stats.get(name, (0, None))

@@ -16,12 +16,17 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.conftest import eventually, start_serve
+from gateway import config as config_module
+from gateway.config import Config
+from tests.conftest import Gateway, eventually, start_serve
 
 
 def free_port() -> int:
@@ -229,3 +234,83 @@ def test_prlimit_reaches_a_child() -> None:
     finally:
         os.kill(proc, signal.SIGKILL)
         os.waitpid(proc, 0)
+
+
+async def test_postgresql_refusing_connections_holds_hits_until_it_is_back(
+    pg_server: str, pg_url: str, start_gateway: Callable[[Config], Awaitable[Gateway]]
+) -> None:
+    cfg = config_module.parse(
+        f"""
+storage: {{url: "{pg_url}"}}
+destinations:
+  audit: {{type: dry_run, requires: []}}
+sources:
+  meta_pixel: {{send_to: [audit]}}
+  server: {{send_to: [audit], api_keys: [key]}}
+""",
+        "test.yaml",
+        {},
+    )
+    gw = await start_gateway(cfg)
+    name = urlsplit(pg_url).path.lstrip("/")
+    probe = await asyncpg.connect(pg_url)  # kept open: it reads what reached the database
+    admin = await asyncpg.connect(pg_server)
+
+    async def stored() -> set[str]:
+        return {r[0] for r in await probe.fetch("SELECT event_id FROM events")}
+
+    headers = {"User-Agent": "Mozilla/5.0"}
+    try:
+        assert (await gw.client.get(pixel(0, "before")[len("http://127.0.0.1:0") :])).status == 200
+        await eventually(lambda: _contains(stored(), "before"))
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> $2",
+            name,
+            probe.get_server_pid(),
+        )
+        outage = [f"pg-out-{i}" for i in range(5)]
+        for event_id in outage:
+            url = pixel(0, event_id)[len("http://127.0.0.1:0") :]
+            r = await gw.client.get(url, headers=headers)
+            assert r.status == 200
+        r = await gw.client.post(
+            "/v1/events",
+            json={"events": [api_event("pg-api")]},
+            headers={"Authorization": "Bearer key"},
+        )
+        assert r.status == 503
+        assert r.headers["Retry-After"]
+
+        async def unready() -> bool:
+            return (await gw.client.get("/readyz")).status == 503
+
+        await eventually(unready, within=10)
+        text = await (await gw.client.get("/metrics")).text()
+        assert metric(text, "tag_gateway_outage_buffer_events") == 5
+        assert not set(outage) & await stored()  # control: nothing reached the database
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+    async def recovered() -> bool:
+        return set(outage) <= await stored() and (await gw.client.get("/readyz")).status == 200
+
+    try:
+        await eventually(recovered, within=20)
+    finally:
+        await probe.close()
+    assert "pg-api" not in await _ids(pg_url)
+
+
+async def _contains(ids: Awaitable[set[str]], event_id: str) -> bool:
+    return event_id in await ids
+
+
+async def _ids(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {r[0] for r in await conn.fetch("SELECT event_id FROM events")}
+    finally:
+        await conn.close()
