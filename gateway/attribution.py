@@ -49,6 +49,7 @@ CLICK_IDS: Final = (
     ("rdt_cid", "reddit"),
 )
 NO_CAMPAIGN: Final = "(none)"
+PAGE_VIEW: Final = "page_view"
 UNATTRIBUTED: Final = "(unattributed)"
 MODELS: Final = ("last_click", "first_click")
 SPEND_HEADER: Final = ("date", "channel", "campaign", "spend", "currency")
@@ -110,15 +111,19 @@ def visitor_keys(event: Event, secret: bytes) -> list[str]:
 
 def touches(event: Event, secret: bytes) -> tuple[NewTouch, ...]:
     """The rows an event leaves for attribution: one per visitor key, with its channel and
-    campaign when a browser event's page URL makes it a touch (a conversion of any name finds
-    its visitors by them). None without ad_storage or analytics_storage granted."""
+    campaign when a browser event's page URL makes it a touch (a conversion of any name but
+    page_view finds its visitors by them). None without ad_storage or analytics_storage
+    granted, and none for a page view that is no touch."""
     consent = event.consent
     if not (consent.granted("ad_storage") or consent.granted("analytics_storage")):
+        return ()
+    found = None if event.source == "server" else touch_of(event.event_source_url)
+    if found is None and event.event_name == PAGE_VIEW:
+        # Most hits: neither a touch nor a conversion to measure, so no row at all.
         return ()
     keys = visitor_keys(event, secret)
     if not keys:
         return ()
-    found = None if event.source == "server" else touch_of(event.event_source_url)
     channel, campaign = found if found else (None, None)
     return tuple(NewTouch(key, channel, campaign) for key in keys)
 

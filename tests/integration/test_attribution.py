@@ -302,3 +302,16 @@ def test_touch_of_reads_click_ids_first_then_utm_source() -> None:
         "[2Jspring",
     )
     assert touch_of("https://s.example/products") is None
+
+
+async def test_a_plain_page_view_leaves_nothing(
+    start_gateway: Start, make_config: MakeConfig
+) -> None:
+    gw = await start_gateway(make_config(CONFIG))
+    # Most hits: a page view with a visitor key but no click ID or UTM source. It can be
+    # neither a touch nor a conversion worth a ruler, so it costs no row.
+    await meta_hit(gw, "PageView", "https://shop.example/products/socks")
+    assert await gw.rows("SELECT COUNT(*) FROM touches") == [(0,)]
+    # Control: the visitor's add-to-cart keeps its key (a conversion finds its visitor by it).
+    await meta_hit(gw, "AddToCart", "https://shop.example/products/socks", "eid=cart-1")
+    assert await gw.rows("SELECT event_name, channel FROM touches") == [("add_to_cart", None)]
