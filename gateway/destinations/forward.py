@@ -32,7 +32,7 @@ from gateway.destinations.base import (
 )
 from gateway.event import JSON, Event, RawHit
 from gateway.personal_data.detect import personal_field, personal_param, personal_text
-from gateway.personal_data.hashing import already_hashed, sha256_hex
+from gateway.personal_data.hashing import already_hashed
 from gateway.personal_data.platforms import hashed
 from gateway.rules.url_params import rewrite_pairs
 from gateway.settings import DestinationSettings
@@ -140,7 +140,8 @@ class _Gate:
         if key == "uid":
             # The user ID is the shop's external_id: never on disk in plain text
             # (docs/operations.md §5).
-            return already_hashed(value.strip()) or sha256_hex(value.strip())
+            # Hashed by the rule ga4_mp hashes its user_id by, so both copies agree.
+            return hashed("google", "external_id", value)
         if key == "em":
             return _google_user_data(value)
         if _GA4_ITEM.fullmatch(key):

@@ -276,15 +276,17 @@ def event_payload(event: Event) -> dict[str, JSON] | Rejected:
         "client_id": client_id_for(event),
         "timestamp_micros": event.event_time * 1_000_000,
     }
-    user_id = hashed("google", "external_id", event.user.external_id)
+    # Denied ad_user_data (GPC denies it): Google gets no user-provided data at all, hashed or
+    # not, the user ID (the shop's hashed external_id) included.
+    user_provided = event.consent.get("ad_user_data") is not ConsentState.DENIED
+    user_id = hashed("google", "external_id", event.user.external_id) if user_provided else None
     if user_id:
         # Hashed like everywhere else: the contract never lets a plaintext external_id reach disk.
         payload["user_id"] = user_id
     if event.user.client_ip:
         # The request comes from the gateway, so GA4 would otherwise locate the gateway.
         payload["ip_override"] = event.user.client_ip
-    # Denied ad_user_data: Google gets no user-provided data at all, hashed or not.
-    if event.consent.get("ad_user_data") is not ConsentState.DENIED:
+    if user_provided:
         user_data = google_user_data(event.user)
         if user_data:
             payload["user_data"] = user_data
