@@ -73,7 +73,7 @@ sources:
   meta_pixel: {{send_to: [meta]}}
 """
         )
-        gw = start(gateway_cmd(cfg), cpu=0, log=Path(tmp) / "gw.log")
+        gw = start(gateway_cmd(cfg), cpu=0)  # stderr to /dev/null: RLIMIT_FSIZE spares it
         base = f"http://127.0.0.1:{port}"
         try:
             await asyncio.to_thread(wait_http, f"{base}/readyz")

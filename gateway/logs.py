@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Final, Literal
@@ -32,6 +33,19 @@ class _BadRequests(logging.Filter):
 _BAD_REQUESTS: Final = _BadRequests()
 
 
+class _Lines(structlog.BytesLogger):
+    """JSON lines to stderr; a line that cannot be written is dropped, never raised into the
+    hit that logged it. Redirected to a file, stderr fails with the disk it is on: the storage
+    outage the gateway must ride out would otherwise break every request as it logs."""
+
+    def msg(self, message: bytes) -> None:
+        with contextlib.suppress(OSError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure(fmt: LogFormat = "json", level: int = logging.INFO) -> None:
     """Set up structlog for the process. Call once, before serving."""
     server_log = logging.getLogger("aiohttp.server")
@@ -58,6 +72,6 @@ def configure(fmt: LogFormat = "json", level: int = logging.INFO) -> None:
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
+        logger_factory=lambda *args: _Lines(sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
