@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from enum import Enum
+from functools import lru_cache
 from typing import Final
 
 import phonenumbers
@@ -68,7 +70,12 @@ def personal_field(key: str, value: object) -> bool:
 def _personal(key: str, value: object, depth: int) -> bool:
     if depth > _MAX_DEPTH:
         return True  # nested deeper than anything a tag sends: not worth the risk
-    if _named_personal(key, value) or holds_email(key):
+    kind = _key_kind(key)
+    if kind is _Kind.ADDRESS:
+        return True
+    if isinstance(value, str) and kind is _Kind.PLAIN and "@" not in value and "+" not in value:
+        return False  # the common case, decided without a regex on the value
+    if _named_personal(kind, value):
         return True
     if isinstance(value, dict):
         return any(_personal(str(k), v, depth + 1) for k, v in value.items())
@@ -77,22 +84,42 @@ def _personal(key: str, value: object, depth: int) -> bool:
     return personal_text(value)
 
 
-def _words(key: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(key) if not w.isdigit()]
+class _Kind(Enum):
+    PLAIN = "plain"
+    PERSONAL = "personal"  # a person's name, address, ... by the key's last words
+    PHONE = "phone"  # a phone number when the value has the digits of one
+    ADDRESS = "address"  # the key itself holds an email address
 
 
-def _named_personal(key: str, value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return False  # a flag (`has_email: true`), or a container checked item by item
-    words = _words(key)
+def _key_kind(key: str) -> _Kind:
+    if "@" in key:
+        # Never cached: a key holding an address must not stay in memory.
+        return _Kind.ADDRESS if holds_email(key) else _word_kind(key)
+    return _word_kind_cached(key) if len(key) <= 64 else _word_kind(key)
+
+
+def _word_kind(key: str) -> _Kind:
+    words = [w.lower() for w in _WORD.findall(key) if not w.isdigit()]
     if not words:
-        return False
+        return _Kind.PLAIN
     endings = {words[-1], "".join(words[-2:]), "".join(words[-3:])}
     if endings & _ENDINGS:
-        return True
+        return _Kind.PERSONAL
     while len(words) > 1 and words[-1] in _NUMBER_WORDS:
         words.pop()  # phone_number, mobile_no
-    if words[-1] in _PHONE_WORDS:
+    return _Kind.PHONE if words[-1] in _PHONE_WORDS else _Kind.PLAIN
+
+
+_word_kind_cached: Final = lru_cache(maxsize=4096)(_word_kind)
+"""Field names repeat (`utm_source`, `coupon`) on every hit: each is read as words once."""
+
+
+def _named_personal(kind: _Kind, value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False  # a flag (`has_email: true`), or a container checked item by item
+    if kind is _Kind.PERSONAL:
+        return True
+    if kind is _Kind.PHONE:
         return len(_NON_DIGITS.sub("", str(value))) >= 7
     return False
 
@@ -135,6 +162,13 @@ def personal_text(value: object) -> bool:
     """True when a free text (a title, a product name, a note) holds an email address or a
     phone number. Names cannot be told from other words: free text must not carry them."""
     return holds_email(value) or holds_phone(value)
+
+
+def personal_by_name(key: str, value: object) -> bool:
+    """True when a field is personal by its name alone (`first_name`, a `tel` with the digits
+    of a phone number, a key that is an address), whatever else its value holds."""
+    kind = _key_kind(key)
+    return kind is _Kind.ADDRESS or _named_personal(kind, value)
 
 
 def personal_param(name: str, value: str) -> bool:

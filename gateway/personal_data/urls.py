@@ -8,10 +8,12 @@ written with its `+` under any name, and the same in a `#/cart?…` fragment. Pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
+from typing import Final
 from urllib.parse import unquote
 
-from gateway.personal_data.detect import personal_param
+from gateway.personal_data.detect import personal_by_name, personal_param
 from gateway.rules.url_params import without_params
 
 
@@ -19,7 +21,18 @@ def scrub_url(url: str, names: Collection[str] = frozenset()) -> str:
     """`url` without personal parameters, nor those called one of `names` (lower case)."""
     if "=" not in url:
         return url
+    if _VALUE_MARKS.search(url) is None:
+        # No value can hold an address or a `+` number (nor an encoded one): only names can
+        # tell, and most page URLs are decided here without decoding a value.
+        return without_params(
+            url, lambda name, value: name.lower() in names or personal_by_name(name, value)
+        )
     return without_params(url, lambda name, value: name.lower() in names or _personal(name, value))
+
+
+# What a value holding an address or a `+` number shows even encoded (`%40`, `%2B`, `%25` for
+# a nested URL); a `+` before a letter is a space (`q=wool+socks`).
+_VALUE_MARKS: Final = re.compile(r"@|%40|%2b|%25|\+\d", re.IGNORECASE)
 
 
 def _personal(name: str, value: str) -> bool:
