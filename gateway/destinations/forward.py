@@ -178,6 +178,9 @@ class _Gate:
         user = context.get("user")
         if isinstance(user, dict):
             self._tiktok_user(user)
+        for key, value in list(context.items()):  # `context.ad`, `context.library`, ...
+            if key not in ("user", "page") and _without_texts(value) is _GONE:
+                del context[key]
 
     def _tiktok_user(self, user: dict[str, object]) -> None:
         for key, field in _TIKTOK_USER.items():
@@ -267,6 +270,22 @@ def _tiktok_hash(value: object, field: str) -> str | None:
     if already_hashed(value.strip()) is not None:
         return value
     return hashed("tiktok", field, value)
+
+
+_GONE: Final = object()
+
+
+def _without_texts(value: object) -> object:
+    """`value` with every text holding an address or a `+` phone number taken out, in place;
+    `_GONE` when `value` itself is such a text."""
+    if isinstance(value, dict):
+        for key in [k for k, v in value.items() if _without_texts(v) is _GONE]:
+            del value[key]
+    elif isinstance(value, list):
+        value[:] = [v for v in value if _without_texts(v) is not _GONE]
+    elif personal_text(value):
+        return _GONE
+    return value
 
 
 def _is_urlencoded(content_type: str | None) -> bool:

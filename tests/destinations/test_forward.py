@@ -388,3 +388,19 @@ def test_page_urls_are_the_events_after_the_gate_and_the_rules() -> None:
         _event(hit, event_source_url="https://s.example/p?sku=7", referrer=None),
     )
     assert redacted["query"] == "v=2&en=x&dl=https%3A%2F%2Fs.example%2Fp%3Fsku%3D7"
+
+
+def test_a_tiktok_message_keeps_no_address_anywhere_in_its_context() -> None:
+    message = {
+        "event": "Pageview",
+        "context": {
+            "ad": {"callback": "jane@example.com", "creative": "c-1"},
+            "page": {"url": "https://s.example/"},
+            "library": {"name": "pixel.js", "tags": ["+1 415 555 0100", "v2"]},
+        },
+    }
+    hit = _hit("tiktok", body=orjson.dumps(message), content_type="application/json")
+    payload = _prepared(_destination("tiktok"), _event(hit))
+    sent = orjson.loads(base64.b64decode(str(payload["body"])))["context"]
+    assert sent["ad"] == {"creative": "c-1"}
+    assert sent["library"] == {"name": "pixel.js", "tags": ["v2"]}
