@@ -67,7 +67,7 @@ class OutageBuffer(StrictModel):
     """Browser hits held in memory while storage refuses writes (docs/operations.md §1)."""
 
     max_events: int = Field(default=20_000, ge=0, le=1_000_000)
-    max_bytes: int = Field(default=32 * 1_048_576, ge=0, le=1024 * 1_048_576)
+    max_bytes: int = Field(default=96 * 1_048_576, ge=0, le=1024 * 1_048_576)
 
 
 class Storage(StrictModel):

@@ -236,7 +236,7 @@ rules:
     assert "admin: /admin (token set)" in out
     assert "consent: default granted, honor_gpc on, tcf off" in out
     assert "rules:\n  1. redact_url_params: email\n  2. [meta] drop_fields: user.phone" in out
-    assert "outage buffer: 20000 events / 32 MiB   retention: 30 days" in out
+    assert "outage buffer: 20000 events / 96 MiB   retention: 30 days" in out
 
 
 # --- validate --------------------------------------------------------------------------------
