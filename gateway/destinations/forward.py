@@ -34,6 +34,7 @@ from gateway.event import JSON, Event, RawHit
 from gateway.personal_data.detect import personal_field, personal_param, personal_text
 from gateway.personal_data.hashing import already_hashed
 from gateway.personal_data.platforms import hashed
+from gateway.personal_data.scrub import GONE, strip_personal
 from gateway.rules.url_params import rewrite_pairs
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import json_or_text, text_or_none
@@ -160,8 +161,7 @@ class _Gate:
             return
         properties = message.get("properties")
         if isinstance(properties, dict):
-            for key in [k for k, v in properties.items() if personal_field(str(k), v)]:
-                del properties[key]
+            strip_personal("properties", properties)
         context = message.get("context")
         if not isinstance(context, dict):
             return
@@ -179,7 +179,7 @@ class _Gate:
         if isinstance(user, dict):
             self._tiktok_user(user)
         for key, value in list(context.items()):  # `context.ad`, `context.library`, ...
-            if key not in ("user", "page") and _without_texts(value) is _GONE:
+            if key not in ("user", "page") and strip_personal(key, value) is GONE:
                 del context[key]
 
     def _tiktok_user(self, user: dict[str, object]) -> None:
@@ -270,22 +270,6 @@ def _tiktok_hash(value: object, field: str) -> str | None:
     if already_hashed(value.strip()) is not None:
         return value
     return hashed("tiktok", field, value)
-
-
-_GONE: Final = object()
-
-
-def _without_texts(value: object) -> object:
-    """`value` with every text holding an address or a `+` phone number taken out, in place;
-    `_GONE` when `value` itself is such a text."""
-    if isinstance(value, dict):
-        for key in [k for k, v in value.items() if _without_texts(v) is _GONE]:
-            del value[key]
-    elif isinstance(value, list):
-        value[:] = [v for v in value if _without_texts(v) is not _GONE]
-    elif personal_text(value):
-        return _GONE
-    return value
 
 
 def _is_urlencoded(content_type: str | None) -> bool:

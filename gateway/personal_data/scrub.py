@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from gateway.event import JSON, Content, Custom, Event, Ga4Extras
-from gateway.personal_data.detect import personal_field, personal_text
+from gateway.personal_data.detect import personal_by_name, personal_field, personal_text
 from gateway.personal_data.urls import scrub_optional
 
 FREE_TEXT: Final = ("search_string", "content_name", "content_category", "page_title")
@@ -102,3 +102,27 @@ def _ga4(ga4: Ga4Extras, dropped: list[str]) -> Ga4Extras:
     if len(dropped) == before:
         return ga4
     return dataclasses.replace(ga4, user_properties=properties, items=items)
+
+
+GONE: Final = object()
+"""What `strip_personal` returns for a value that is itself personal data."""
+
+
+def strip_personal(key: str, value: object, depth: int = 0) -> object:
+    """A JSON value with the personal parts taken out, in place, the rest kept: a member whose
+    name says it is a person's (`email`, `customer_phone` with a number), a text holding an
+    address or a `+` phone number. `GONE` when `value` itself is such a part (for a raw hit
+    forwarded as the browser sent it, where dropping a whole `contents` for one name would
+    lose the order's lines)."""
+    if depth > 8:
+        return GONE  # nested deeper than anything a tag sends: not worth the risk
+    if personal_by_name(key, value):
+        return GONE
+    if isinstance(value, dict):
+        for k in [k for k, v in value.items() if strip_personal(str(k), v, depth + 1) is GONE]:
+            del value[k]
+    elif isinstance(value, list):
+        value[:] = [v for v in value if strip_personal(key, v, depth + 1) is not GONE]
+    elif personal_text(value):
+        return GONE
+    return value

@@ -404,3 +404,28 @@ def test_a_tiktok_message_keeps_no_address_anywhere_in_its_context() -> None:
     sent = orjson.loads(base64.b64decode(str(payload["body"])))["context"]
     assert sent["ad"] == {"creative": "c-1"}
     assert sent["library"] == {"name": "pixel.js", "tags": ["v2"]}
+
+
+def test_a_tiktok_forward_keeps_the_order_lines_without_the_address_in_one() -> None:
+    message = {
+        "event": "CompletePayment",
+        "properties": {
+            "value": 10,
+            "contents": [
+                {"content_id": "s1", "content_name": "for jane@example.com", "quantity": 1},
+                {"content_id": "s2", "content_name": "Mug"},
+            ],
+            "customer": {"email_address": "x", "tier": "gold"},
+        },
+    }
+    hit = _hit("tiktok", body=orjson.dumps(message), content_type="application/json")
+    payload = _prepared(_destination("tiktok"), _event(hit))
+    sent = orjson.loads(base64.b64decode(str(payload["body"])))["properties"]
+    assert sent == {
+        "value": 10,
+        "contents": [
+            {"content_id": "s1", "quantity": 1},
+            {"content_id": "s2", "content_name": "Mug"},
+        ],
+        "customer": {"tier": "gold"},
+    }
