@@ -63,7 +63,7 @@ async def page(store: Storage, now: float | None = None) -> str:
 
 
 def _attribution(result: attribution.Attribution) -> str:
-    """Contract §11's table for the last 30 days, with the default window and model."""
+    """docs/operations.md §6's table for the last 30 days, with the default window and model."""
     head = "".join(
         f"<th>{h}</th>" for h in ("channel", "campaign", "touches", "conversions", "share", "value")
     )
@@ -159,7 +159,7 @@ def _coverage_chart(built: report.Report) -> str:
 
 
 def _overlap(built: report.Report) -> str:
-    """Contract §10: per event name the server API sent, a table of the copies and a bar of
+    """docs/operations.md §6: per event name the server API sent, a table of the copies and a bar of
     coverage with Meta's 75 % goal marked."""
     if not built.overlap:
         return "<p>The server API sent no events in the last 24 hours.</p>"

@@ -1,4 +1,4 @@
-"""Conversions in a fixed attribution window, owned by the shop (contract §11).
+"""Conversions in a fixed attribution window, owned by the shop (docs/operations.md §6).
 
 Each platform counts its own conversions under its own window (Meta and TikTok 7-day click and
 1-day view, GA4 30 or 90 days), so their figures are different rulers. The gateway sees every
@@ -250,7 +250,7 @@ class Attribution:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """Contract §11's JSON shape (money as JSON numbers)."""
+        """docs/operations.md §6's JSON shape (money as JSON numbers)."""
         rows = []
         for r in self.rows:
             item: dict[str, Any] = {

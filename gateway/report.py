@@ -75,7 +75,7 @@ COVERAGE_GOAL: Final = 0.75
 
 @dataclass(slots=True)
 class Copies:
-    """Pixel and server copies of one event name over one window (contract §10). Each side
+    """Pixel and server copies of one event name over one window (docs/operations.md §6). Each side
     counts distinct event IDs; `both` counts IDs whose two copies came within 48 hours."""
 
     browser: int = 0
@@ -98,7 +98,7 @@ class Copies:
         return self.browser > 0 and self.backend > 0 and self.both == 0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready figures (contract §10's keys, coverage to three places)."""
+        """JSON-ready figures (the keys of docs/operations.md §6, coverage to three places)."""
         coverage = self.coverage
         lag = self.median_lag_s
         return {

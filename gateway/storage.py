@@ -78,10 +78,10 @@ class Storage(Protocol):
     async def attribution(
         self, event: str, since: float, until: float, window_s: float, first: bool
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Conversions, their credited touches, and touch counts (contract §11)."""
+        """Conversions, their credited touches, and touch counts (docs/operations.md §6)."""
 
     async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
-        """Pixel and server copies of each event name (contract §10)."""
+        """Pixel and server copies of each event name (docs/operations.md §6)."""
 
     async def hourly(self, since: float, until: float) -> list[tuple[Any, ...]]:
         """Deliveries per hour, destination and status."""

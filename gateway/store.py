@@ -143,7 +143,7 @@ CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries (destination, event_name
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_row);
 CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
--- Attribution (contract §11): one row per visitor key of a consented event, its channel and
+-- Attribution (docs/operations.md §6): a row per visitor key of a consented event, its channel and
 -- campaign when the event is a touch. `visitor` is an HMAC, never the key itself.
 CREATE TABLE IF NOT EXISTS touches (
     id INTEGER PRIMARY KEY,
@@ -161,7 +161,7 @@ CREATE INDEX IF NOT EXISTS touches_received ON touches (received_at);
 CREATE TABLE IF NOT EXISTS store_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
-# Contract §10, per event name the server API sent in [since, until): each event ID once per
+# docs/operations.md §6, per name the server API sent in [since, until): each event ID once per
 # side (its first copy), the pairs whose two copies came within 48 hours, and the median of
 # their lags (the middle one or two of the sorted pairs, averaged). Sources other than
 # `server` are the pixels.
@@ -190,7 +190,7 @@ UNION ALL SELECT event_name, 'both', n, AVG(lag) FROM r
     WHERE i IN ((n + 1) / 2, (n + 2) / 2) GROUP BY event_name, n
 """
 
-# Contract §11. Conversions: every copy of the event in the window, first copy first (the
+# docs/operations.md §6. Conversions: every copy of the event in the window, first copy first (the
 # caller counts each event ID once).
 CONVERSIONS: Final = """
 SELECT event_id, value, currency FROM events
@@ -883,8 +883,8 @@ class Store:
             return [tuple(row) for row in await cur.fetchall()]
 
     async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
-        """Pixel and server copies per event name (contract §10): rows of (event_name, kind,
-        count, median lag), kind `backend`, `browser` or `both`."""
+        """Pixel and server copies per event name (docs/operations.md §6): rows of (event_name,
+        kind, count, median lag), kind `backend`, `browser` or `both`."""
         async with self.reader.execute(OVERLAP, (since, until, DEDUP_WINDOW_S)) as cur:
             return [tuple(row) for row in await cur.fetchall()]
 
@@ -902,7 +902,7 @@ class Store:
     async def attribution(
         self, event: str, since: float, until: float, window_s: float, first: bool
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Contract §11: the copies of `event` received in [since, until) (event_id, value,
+        """docs/operations.md §6: the copies of `event` received in [since, until) (event_id, value,
         currency; first copy first), the touch each is credited to (event_id, channel,
         campaign), and touches per channel and campaign in the window."""
         params = (event, since, until, window_s, 1 if first else -1)
