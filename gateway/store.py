@@ -284,6 +284,8 @@ class Added:
     duplicates: int
     statuses: tuple[tuple[str, str], ...] = ()
     """(destination, status) of each delivery row as written."""
+    deliveries: tuple[tuple[int, int | None], ...] = ()
+    """(delivery id, the delivery it duplicates) of each row, in the order of `statuses`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,6 +587,7 @@ class Store:
             )
             queued = duplicates = 0
             statuses: list[tuple[str, str]] = []
+            ids: list[tuple[int, int | None]] = []
             for d in event.deliveries:
                 delivery_id = self._ids.next_delivery
                 self._ids.next_delivery += 1
@@ -602,6 +605,7 @@ class Store:
                         message = f"duplicate of delivery {duplicate_of}"
                         duplicates += 1
                 statuses.append((d.destination, str(status)))
+                ids.append((delivery_id, duplicate_of))
                 delivery_rows.append(
                     (
                         delivery_id,
@@ -619,7 +623,7 @@ class Store:
                         payload,
                     )
                 )
-            added.append(Added(row, queued, duplicates, tuple(statuses)))
+            added.append(Added(row, queued, duplicates, tuple(statuses), tuple(ids)))
         self._conn.executemany(
             "INSERT INTO events (id, event_id, event_name, source, event_time, received_at,"
             " dedupable, match_keys, value, currency, consent)"

@@ -725,6 +725,7 @@ class PgStore:
             )
             queued = duplicates = 0
             statuses: list[tuple[str, str]] = []
+            ids: list[tuple[int, int | None]] = []
             for d, delivery_id, key in rows:
                 status, payload, message, duplicate_of = d.status, d.payload, d.message, None
                 if key is not None:
@@ -736,6 +737,7 @@ class PgStore:
                         message = f"duplicate of delivery {holder}"
                         duplicates += 1
                 statuses.append((d.destination, str(status)))
+                ids.append((delivery_id, duplicate_of))
                 delivery_rows.append(
                     (
                         delivery_id,
@@ -751,7 +753,7 @@ class PgStore:
                         payload,
                     )
                 )
-            added.append(Added(row, queued, duplicates, tuple(statuses)))
+            added.append(Added(row, queued, duplicates, tuple(statuses), tuple(ids)))
         await conn.execute(_INSERT_EVENTS, *_transpose(event_rows, 11))
         await conn.execute(_INSERT_DELIVERIES, *_transpose(delivery_rows, 11))
         if touch_rows:
