@@ -30,6 +30,8 @@ from gateway.encoding import DecodedTooLarge, EncodingError, decode_body
 from gateway.event import ConsentState, Event
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.preview import HitTrace, Preview
+from gateway.preview import pages as preview_pages
 from gateway.scripts import ScriptProxy
 from gateway.sources.base import Hit, Outcome, Source
 from gateway.sources.coerce import known_currency
@@ -98,12 +100,13 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_backlog)
     app.cleanup_ctx.append(_delivery)
     app.cleanup_ctx.append(_retention)
+    preview = preview_pages.add_routes(app, config) if config.admin is not None else None
     for name, settings in config.sources.items():
         source = source_types.TYPES[name](settings)
         handler = (
-            _server_handler(source)
+            _server_handler(source, preview)
             if isinstance(source, ServerSource)
-            else _browser_handler(source, _cookie_vendors(config, settings.send_to))
+            else _browser_handler(source, _cookie_vendors(config, settings.send_to), preview)
         )
         for method, path in source.routes():
             app.router.add_route(method, path, handler)
@@ -198,7 +201,7 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
         headers={"User-Agent": "tag-gateway"}, raise_for_status=False
     ) as session:
         workers = {
-            name: Worker(dest, store, session, app[METRICS])
+            name: Worker(dest, store, session, app[METRICS], app.get(preview_pages.PREVIEW))
             for name, dest in app[DESTINATIONS].items()
         }
         app[WORKERS] = workers
@@ -258,7 +261,7 @@ async def _script(request: web.Request) -> web.Response:
 
 
 def _browser_handler(
-    source: Source, cookie_vendors: Sequence[str]
+    source: Source, cookie_vendors: Sequence[str], preview: Preview | None = None
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
@@ -270,6 +273,7 @@ def _browser_handler(
     async def take(request: web.Request) -> web.StreamResponse:
         received = time.time()
         config = request.app[CONFIG]
+        trace = preview.trace(request) if preview is not None else None
         hit: Hit | None = None
         cookie_plan: cookies.CookiePlan | None = None
         notes: dict[str, str] = {}
@@ -308,7 +312,7 @@ def _browser_handler(
                 accept_language=request.headers.get("Accept-Language"),
             )
             outcome, cookie_plan = await _ingest(
-                request.app, source, hit, event_ids, names, cookie_vendors, notes
+                request.app, source, hit, event_ids, names, cookie_vendors, notes, trace
             )
         request.app[METRICS].count_hit(source.name, str(outcome))
         log.info(
@@ -320,6 +324,8 @@ def _browser_handler(
             notes=notes,
             latency_ms=round((time.time() - received) * 1000, 2),
         )
+        if trace is not None:
+            trace.finish(request, body, source.name, str(outcome), notes.get("reason"))
         response = source.answer(hit)
         if cookie_plan is not None:
             cookie_plan.apply(response)
@@ -336,11 +342,14 @@ async def _ingest(
     names: list[str],
     cookie_vendors: Sequence[str],
     notes: dict[str, str],
+    trace: HitTrace | None = None,
 ) -> tuple[Outcome, cookies.CookiePlan | None]:
     try:
         parsed = source.parse(hit)
     except Exception as exc:  # bad input never breaks a page
         log.warning("hit.malformed", source=source.name, error=type(exc).__name__)
+        if trace is not None:
+            notes["reason"] = f"could not be parsed ({type(exc).__name__})"
         return Outcome.MALFORMED, None
     notes.update(parsed.notes)
     if parsed.reason:
@@ -366,6 +375,8 @@ async def _ingest(
     names.extend(e.event_name for e in events)
     try:
         rows = app[PIPELINE].prepare(events, source.settings.send_to)
+        if trace is not None:
+            trace.prepared(events, rows, source.settings.send_to)
         # A task, so that a write slower than the wait still ends held or stored.
         write = asyncio.ensure_future(app[BACKLOG].write(rows))
         done, _ = await asyncio.wait((write,), timeout=BROWSER_STORE_WAIT_S)
@@ -430,13 +441,21 @@ def _with_request_signals(events: Sequence[Event], hit: Hit, config: Config) -> 
 
 
 def _server_handler(
-    source: ServerSource,
+    source: ServerSource, preview: Preview | None = None
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     def answer(request: web.Request, status: int, body: object, outcome: str) -> web.Response:
         request.app[METRICS].count_hit(source.name, outcome)
         return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        trace = preview.trace(request) if preview is not None else None
+        if trace is None:
+            return await take(request, None)
+        response = await take(request, trace)
+        await trace.answered(request, response, source.name)
+        return response
+
+    async def take(request: web.Request, trace: HitTrace | None) -> web.StreamResponse:
         received = time.time()
         if not authorized(request.headers.get("Authorization"), source.settings.api_keys):
             log.info("server.unauthorized")
@@ -459,7 +478,7 @@ def _server_handler(
             return answer(request, 400, {"error": str(exc)}, str(Outcome.MALFORMED))
         events = [event for _, event in batch.events]
         try:
-            added = await request.app[PIPELINE].ingest(events, source.settings.send_to)
+            added = await request.app[PIPELINE].ingest(events, source.settings.send_to, trace)
         except Exception as exc:
             # Not stored, so not acknowledged: the backend must send it again.
             log.error("server.store_failed", error=type(exc).__name__)

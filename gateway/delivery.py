@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -20,6 +21,9 @@ from gateway.destinations.base import Answer, Destination, Item, OutRequest, Res
 from gateway.metrics import Metrics
 from gateway.storage import Storage
 from gateway.store import Claimed, Finished, Status
+
+if TYPE_CHECKING:
+    from gateway.preview import Preview
 
 log = structlog.get_logger("gateway.delivery")
 
@@ -112,8 +116,10 @@ class Worker:
         store: Storage,
         session: aiohttp.ClientSession,
         metrics: Metrics | None = None,
+        preview: Preview | None = None,
     ) -> None:
         self.destination = destination
+        self.preview = preview
         self.store = store
         self.session = session
         self.metrics = metrics or Metrics()
@@ -252,6 +258,8 @@ class Worker:
         result = dest.classify(request, answer)
         if dest.sends:
             self.health.record(result, time.time())
+        if self.preview is not None:  # traced rows only: one dict check otherwise
+            self.preview.attempt(dest.name, request, answer, result, latency_ms)
         log.info(
             "delivery.attempt",
             destination=dest.name,

@@ -8,8 +8,8 @@ no payload.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
 import orjson
 import structlog
@@ -24,6 +24,9 @@ from gateway.personal_data.scrub import scrub_event
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 from gateway.storage import Storage
 from gateway.store import Added, NewDelivery, NewEvent, Status
+
+if TYPE_CHECKING:
+    from gateway.preview import HitTrace
 
 log = structlog.get_logger("gateway.pipeline")
 
@@ -61,6 +64,8 @@ class Pipeline:
         self.consent = consent or ConsentSettings()
         self.shared_rules, self.scoped_rules = split_shared(rules)
         self._resolved: dict[tuple[object, ...], tuple[Consent, str]] = {}
+        self.on_stored: Callable[[Sequence[NewEvent], Sequence[Added]], None] | None = None
+        """Told which rows each commit wrote, and as what (the preview follows its hits)."""
 
     def resolve_consent(self, event: Event) -> Event:
         """The four purposes from every signal the event carries (docs/consent.md §7)."""
@@ -154,9 +159,14 @@ class Pipeline:
             event_name=event.event_name,
         )
 
-    async def ingest(self, events: Sequence[Event], send_to: Sequence[str]) -> list[Added]:
+    async def ingest(
+        self, events: Sequence[Event], send_to: Sequence[str], trace: HitTrace | None = None
+    ) -> list[Added]:
         """Prepare and durably store events; returns after COMMIT."""
-        return await self.commit(self.prepare(events, send_to))
+        rows = self.prepare(events, send_to)
+        if trace is not None:
+            trace.prepared(events, rows, send_to)
+        return await self.commit(rows)
 
     def prepare(self, events: Sequence[Event], send_to: Sequence[str]) -> list[NewEvent]:
         """The rows of these events, personal data hashed: what `commit` writes."""
@@ -165,6 +175,8 @@ class Pipeline:
     async def commit(self, rows: Sequence[NewEvent]) -> list[Added]:
         """Store prepared rows durably; returns after COMMIT."""
         added = await self.store.add(rows)
+        if self.on_stored is not None:  # preview: which rows a traced hit became
+            self.on_stored(rows, added)
         for result in added:
             for destination, status in result.statuses:
                 self.metrics.count_delivery(destination, status)
