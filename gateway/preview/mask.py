@@ -15,8 +15,9 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from gateway import hashing, pii
 from gateway.event import HASHED_USER_FIELDS, JSON, Event
+from gateway.personal_data import detect as pii
+from gateway.personal_data import hashing
 
 MASK: Final = "•••"
 DOT: Final = "•"

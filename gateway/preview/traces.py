@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Final
 import orjson
 from aiohttp import web
 
-from gateway import hashing
 from gateway.event import CLEAR_USER_FIELDS, HASHED_USER_FIELDS, JSON, Event
+from gateway.personal_data import hashing
 from gateway.preview.mask import MASK, Masker, mask_plain, personal_values, secret_name
 from gateway.rules.field_rules import RedactUrlParams
 from gateway.sources.forms import form_pairs

@@ -114,9 +114,9 @@ sources:
             assert await page.locator("article.hit").count() == 2
 
             # Copy as curl (the clipboard may be refused headless: the command is shown too).
-            await page.locator("article.hit").first.get_by_role(
-                "button", name="Copy as curl"
-            ).click()
+            await (
+                page.locator("article.hit").first.get_by_role("button", name="Copy as curl").click()
+            )
             curl = await page.locator("article.hit").first.locator("textarea.curl").input_value()
             assert curl.startswith("curl -i")
             assert "ev=Purchase" in curl
