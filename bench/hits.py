@@ -4,7 +4,9 @@
 
 Starts the gateway (dry_run destination, a temporary SQLite file) and a bare aiohttp app that
 answers GET /tr with the same GIF and does nothing else, pins each to core 0 and wrk to core 1,
-and drives them alternately with the same load (1 wrk thread, 50 connections), twice each.
+and drives them alternately with the same load (1 wrk thread, 50 connections), twice each;
+a second gateway with preview configured (`admin.token`) and no session open takes its turn
+in the same rounds, to show what preview costs a hit nobody traces.
 Then the same for POST /v1/events with 1-event and 100-event bodies. Prints requests/s, p50
 and p99, and gateway/bare. With --preload N, the hit figures are taken again with N rows in the
 store, to show the cost per hit does not grow with the outbox.
@@ -103,12 +105,13 @@ def _percentile(out: str, pct: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def gateway_config(tmp: Path, port: int) -> Path:
-    cfg = tmp / "bench.yaml"
+def gateway_config(tmp: Path, port: int, name: str = "bench", admin: bool = False) -> Path:
+    cfg = tmp / f"{name}.yaml"
     cfg.write_text(
-        f"""
+        ("admin: {token: bench-admin}\n" if admin else "")
+        + f"""
 listen: {{host: 127.0.0.1, port: {port}}}
-storage: {{path: {tmp / "bench.sqlite3"}}}
+storage: {{path: {tmp / f"{name}.sqlite3"}}}
 destinations:
   audit: {{type: dry_run}}
 sources:
@@ -124,7 +127,7 @@ def row(
 ) -> str:
     rps, p50, p99 = figures
     ratio = f"{rps / base[0]:.2f}x" if base else ""
-    return f"{label:<38} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f}  {ratio}"
+    return f"{label:<50} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f}  {ratio}"
 
 
 def main() -> None:
@@ -139,25 +142,35 @@ def main() -> None:
         pixel_lua.write_text(PIXEL_LUA.replace("%s", QUERY))
         bare_file = tmp / "bare.py"
         bare_file.write_text(BARE_APP)
-        gw_port, bare_port = free_port(), free_port()
+        gw_port, bare_port, preview_port = free_port(), free_port(), free_port()
         cfg = gateway_config(tmp, gw_port)
+        preview_cfg = gateway_config(tmp, preview_port, "preview", admin=True)
         log = tmp / "gateway.log"
 
         print(f"machine: {cpu_note()}; gateway and bare app on core 0, wrk on core 1")
         print(f"load: wrk 1 thread, 50 connections, {args.duration}s a run")
-        print(f"{'':<38} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  vs bare")
+        print(f"{'':<50} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  vs bare")
 
         bare = start([sys.executable, str(bare_file), str(bare_port)], cpu=0)
         wait_http(f"http://127.0.0.1:{bare_port}/healthz")
         gw = start(gateway_cmd(cfg), cpu=0, log=log)
         wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+        gw_preview = start(gateway_cmd(preview_cfg), cpu=0, log=log)
+        wait_http(f"http://127.0.0.1:{preview_port}/healthz")
         try:
-            results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "gw": []}
+            results: dict[str, list[tuple[float, float, float]]] = {
+                "bare": [],
+                "gw": [],
+                "preview": [],
+            }
             for _ in range(2):
                 results["bare"].append(
                     wrk(f"http://127.0.0.1:{bare_port}", pixel_lua, args.duration)
                 )
                 results["gw"].append(wrk(f"http://127.0.0.1:{gw_port}", pixel_lua, args.duration))
+                results["preview"].append(
+                    wrk(f"http://127.0.0.1:{preview_port}", pixel_lua, args.duration)
+                )
             for i in range(2):
                 print(row(f"bare aiohttp GET /tr (run {i + 1})", results["bare"][i], None))
                 print(
@@ -166,6 +179,15 @@ def main() -> None:
                         results["gw"][i],
                         results["bare"][i],
                     )
+                )
+            for i in range(2):
+                print(
+                    row(
+                        f"gateway GET /tr, preview on, no session (run {i + 1})",
+                        results["preview"][i],
+                        results["bare"][i],
+                    )
+                    + f"  ({results['preview'][i][0] / results['gw'][i][0]:.3f}x the gateway)"
                 )
             for n in (1, 100):
                 lua = tmp / f"server{n}.lua"
@@ -178,6 +200,7 @@ def main() -> None:
                 )
         finally:
             stop(gw)
+            stop(gw_preview)
 
         if args.preload:
             db = tmp / "bench.sqlite3"
