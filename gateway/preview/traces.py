@@ -20,7 +20,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Final
 
 import orjson
@@ -415,7 +415,7 @@ class HitTrace:
             "custom": custom,
             "consent_signals": masker.json(dict(event.consent_signals)),
             "dedupable": event.dedupable,
-            "vendor_data": masker.json({k: dict(v) for k, v in event.vendor_data.items()}),
+            "extras": masker.json({name: _plain(x) for name, x in _extras(event) if x is not None}),
         }
 
     # --- the app's stage -----------------------------------------------------------------------
@@ -509,6 +509,21 @@ _API_OUTCOMES: Final = {
     413: "too_large",
     503: "store_error",
 }
+
+
+def _extras(event: Event) -> list[tuple[str, object]]:
+    return [("meta", event.meta), ("ga4", event.ga4), ("tiktok", event.tiktok)]
+
+
+def _plain(value: object) -> JSON:
+    """A typed value as JSON values: dataclasses as objects, mappings and tuples opened."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return _jsonable(value)
 
 
 def _jsonable(value: object) -> JSON:
