@@ -16,14 +16,16 @@ Everything lives in memory and is bounded: at most `MAX_SESSIONS` sessions, the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, ParamSpec
 
 import orjson
+import structlog
 from aiohttp import web
 
 from gateway.event import CLEAR_USER_FIELDS, HASHED_USER_FIELDS, JSON, Event
@@ -37,6 +39,23 @@ if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.destinations.base import Answer, OutRequest, Result
     from gateway.settings import DestinationSettings
+
+log = structlog.get_logger("gateway.preview")
+_P = ParamSpec("_P")
+
+
+def _never_raises(method: Callable[_P, None]) -> Callable[_P, None]:
+    """A stage's hook: a fault in tracing is logged and never reaches the hit or the worker."""
+
+    @functools.wraps(method)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception as exc:
+            log.error("preview.trace_failed", stage=method.__name__, error=type(exc).__name__)
+
+    return run
+
 
 COOKIE: Final = "tg_preview"
 HEADER: Final = "X-Tag-Gateway-Preview"
@@ -198,6 +217,7 @@ class Preview:
             return None
         return HitTrace(self, session, time.time())
 
+    @_never_raises
     def attempt(
         self,
         destination: str,
@@ -312,6 +332,7 @@ class HitTrace:
 
     # --- the pipeline's stage ------------------------------------------------------------------
 
+    @_never_raises
     def prepared(
         self, events: Sequence[Event], rows: Sequence[NewEvent], send_to: Sequence[str]
     ) -> None:
@@ -323,6 +344,7 @@ class HitTrace:
             self.events.append(self._event(event, row, send_to))
         self.changed()
 
+    @_never_raises
     def stored(self, added: Sequence[Added]) -> None:
         """The store's word on each row: duplicates found, ids of the rows to watch."""
         start = len(self.events) - min(len(added), len(self.events))
@@ -420,6 +442,7 @@ class HitTrace:
 
     # --- the app's stage -----------------------------------------------------------------------
 
+    @_never_raises
     def finish(
         self,
         request: web.Request,
@@ -458,8 +481,14 @@ class HitTrace:
         """The server API's answer: its status is the outcome, its error or counts the reason."""
         try:
             body = await request.read()
-        except web.HTTPException:
+        except Exception:  # too large, or gone: the trace goes without the body
             body = None
+        self._answered(request, body, response, source)
+
+    @_never_raises
+    def _answered(
+        self, request: web.Request, body: bytes | None, response: web.StreamResponse, source: str
+    ) -> None:
         reason = None
         text = response.body if isinstance(response, web.Response) else None
         if isinstance(text, bytes):

@@ -515,3 +515,29 @@ async def test_no_plaintext_personal_data_or_secret_reaches_a_trace(
     ):
         assert needle not in text, needle
     assert "c•••@e•••.org" in text
+
+
+async def test_refused_and_malformed_hits_are_traced_with_their_reason(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, sqlite_only: None
+) -> None:
+    gw = await start_gateway(make_config(config_text(fake_platform.url)))
+    session = await start_session(gw)
+    traced = {"X-Tag-Gateway-Preview": session}
+    wrong_key = await gw.client.post(
+        "/v1/events", json={"events": []}, headers={**traced, "Authorization": "Bearer nope"}
+    )
+    assert wrong_key.status == 401
+    not_json = await gw.client.post(
+        "/v1/events", data=b"{oops", headers={**traced, "Authorization": f"Bearer {API_KEY}"}
+    )
+    assert not_json.status == 400
+    no_event = await gw.client.get("/g/collect?v=2&tid=G-ABC123&cid=1.2", headers=traced)
+    assert no_event.status == 204
+    found = await settled(gw, session, lambda ts: len(ts) == 3)
+    outcomes = [(t["source"], t["outcome"]) for t in found]
+    assert outcomes == [("server", "unauthorized"), ("server", "malformed"), ("ga4", "malformed")]
+    assert found[0]["reason"] == "missing or wrong API key"
+    assert found[1]["reason"]
+    assert found[1]["events"] == []
+    assert found[2]["reason"]
+    assert "nope" not in orjson.dumps(found).decode()
