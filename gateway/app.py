@@ -180,6 +180,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     config = app[CONFIG]
     app[PIPELINE] = Pipeline(store, app[DESTINATIONS], config.consent, config.rules, app[METRICS])
+    if (preview := app.get(preview_pages.PREVIEW)) is not None:
+        app[PIPELINE].on_stored = preview.stored
     yield
     await store.close()
 

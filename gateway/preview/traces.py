@@ -169,6 +169,9 @@ class Preview:
     def __init__(self, config: Config) -> None:
         self.sessions: dict[str, Session] = {}
         self._rows: dict[int, tuple[HitTrace, DestinationTrace]] = {}
+        # Rows prepared for a traced hit and not yet written, by id(); the row is kept so
+        # that its id cannot be reused while it waits (a write held through an outage).
+        self._pending: dict[int, tuple[NewEvent, HitTrace, EventTrace]] = {}
         redacted = {
             name
             for rule in config.rules
@@ -243,6 +246,25 @@ class Preview:
         for hit in touched:
             hit.changed()
 
+    @_never_raises
+    def stored(self, rows: Sequence[NewEvent], added: Sequence[Added]) -> None:
+        """A commit wrote these rows (the pipeline's `on_stored`): tell the traces of those
+        that belong to a traced hit."""
+        if not self._pending:
+            return
+        touched: list[HitTrace] = []
+        for row, result in zip(rows, added, strict=False):
+            found = self._pending.get(id(row))
+            if found is None or found[0] is not row:
+                continue
+            del self._pending[id(row)]
+            _, hit, traced = found
+            hit._stored(traced, result)
+            if hit not in touched:
+                touched.append(hit)
+        for hit in touched:
+            hit.changed()
+
     def _attempt_record(
         self,
         hit: HitTrace,
@@ -282,6 +304,10 @@ class Preview:
     def _forget(self, trace: HitTrace) -> None:
         for delivery_id in trace.watched:
             self._rows.pop(delivery_id, None)
+        for row_id in trace.pending:
+            found = self._pending.get(row_id)
+            if found is not None and found[1] is trace:
+                del self._pending[row_id]
 
     def _drop(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
@@ -303,6 +329,7 @@ class HitTrace:
         "id",
         "masker",
         "outcome",
+        "pending",
         "preview",
         "published",
         "reason",
@@ -329,6 +356,7 @@ class HitTrace:
         self.events: list[EventTrace] = []
         self.events_total = 0
         self.watched: list[int] = []
+        self.pending: list[int] = []
 
     # --- the pipeline's stage ------------------------------------------------------------------
 
@@ -336,33 +364,33 @@ class HitTrace:
     def prepared(
         self, events: Sequence[Event], rows: Sequence[NewEvent], send_to: Sequence[str]
     ) -> None:
-        """The events and what the pipeline made of each, before they are written."""
+        """The events and what the pipeline made of each, before they are written (the
+        store's word on them comes through `Preview.stored`)."""
         self.masker = self.preview.masker.with_personal(personal_values(events))
         self.events_total += len(events)
         room = EVENTS_PER_TRACE - len(self.events)
         for event, row in list(zip(events, rows, strict=False))[: max(room, 0)]:
-            self.events.append(self._event(event, row, send_to))
+            traced = self._event(event, row, send_to)
+            self.events.append(traced)
+            self.pending.append(id(row))
+            self.preview._pending[id(row)] = (row, self, traced)
         self.changed()
 
-    @_never_raises
-    def stored(self, added: Sequence[Added]) -> None:
-        """The store's word on each row: duplicates found, ids of the rows to watch."""
-        start = len(self.events) - min(len(added), len(self.events))
-        for traced, result in zip(self.events[start:], added, strict=False):
-            for (name, status), (delivery_id, duplicate_of) in zip(
-                result.statuses, result.deliveries, strict=False
-            ):
-                dest = traced.destinations.get(name)
-                if dest is None:
-                    continue
-                if status == Status.DUPLICATE:
-                    dest.status, dest.payload = "duplicate", None
-                    dest.duplicate_of = duplicate_of
-                    dest.reason = f"duplicate of delivery {duplicate_of}"
-                elif status == Status.QUEUED:
-                    self.watched.append(delivery_id)
-                    self.preview._watch(delivery_id, self, dest)
-        self.changed()
+    def _stored(self, traced: EventTrace, result: Added) -> None:
+        """The store's word on one row: duplicates found, ids of the rows to watch."""
+        for (name, status), (delivery_id, duplicate_of) in zip(
+            result.statuses, result.deliveries, strict=False
+        ):
+            dest = traced.destinations.get(name)
+            if dest is None:
+                continue
+            if status == Status.DUPLICATE:
+                dest.status, dest.payload = "duplicate", None
+                dest.duplicate_of = duplicate_of
+                dest.reason = f"duplicate of delivery {duplicate_of}"
+            elif status == Status.QUEUED:
+                self.watched.append(delivery_id)
+                self.preview._watch(delivery_id, self, dest)
 
     def _event(self, event: Event, row: NewEvent, send_to: Sequence[str]) -> EventTrace:
         consent: dict[str, JSON] = {}
