@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -30,6 +33,9 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
     """Serve until SIGTERM or SIGINT; aiohttp then stops accepting and runs the cleanups
     (workers finish in-flight batches, the writer commits what is queued)."""
     logs.configure("console" if log_format == "console" else "json")
+    problem = _storage_problem(config)
+    if problem:
+        return _refuse(problem)
     bind_host = host or config.listen.host
     bind_port = port or config.listen.port
     if config.origin == EMBEDDED:
@@ -88,6 +94,27 @@ def _refuse(reason: str) -> int:
     """What an operator must fix before `serve` can start: one line, no traceback."""
     print(f"tag-gateway: {reason}", file=sys.stderr, flush=True)
     return 1
+
+
+def _storage_problem(config: Config) -> str | None:
+    """Why the SQLite folder cannot take writes, in one line (a root-owned or read-only volume
+    would otherwise end in sqlite3's traceback, "unable to open database file")."""
+    if config.storage.url:
+        return None
+    path = Path(config.storage.path).absolute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # SQLite's WAL needs to create files beside the database, not just to write it.
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        return (
+            f"storage folder {path.parent} is not writable by uid {os.getuid()} "
+            f"({exc.strerror}): give that user write access to it (in a container, to /data)"
+        )
+    return None
 
 
 async def _settle_gc(app: web.Application) -> None:
