@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "--spend", metavar="FILE", help="CSV: date,channel,campaign,spend,currency"
     )
     attribution.add_argument("--json", action="store_true")
+    health = command("healthcheck", "exit 0 if the local gateway answers /healthz with 200")
+    health.add_argument("--port", type=int, help="the port serve was given (else the config's)")
     return parser
 
 
@@ -129,7 +131,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_report(_load(args.config), args))
     if args.command == "attribution":
         return _attribution(_load(args.config), args)
+    if args.command == "healthcheck":
+        return healthcheck(_load(args.config), args.port)
     return 2
+
+
+def healthcheck(cfg: Config, port: int | None) -> int:
+    """The container's HEALTHCHECK: it follows the config's port, where a fixed URL in the
+    Dockerfile would probe 8080 whatever the gateway listens on."""
+    import urllib.request
+
+    host = cfg.listen.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    url = f"http://{host}:{port or cfg.listen.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return 0 if answer.status == 200 else 1
+    except OSError as exc:  # URLError and HTTPError (not 200) included
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
 
 
 def check(path: str | None) -> int:
