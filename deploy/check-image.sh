@@ -78,7 +78,9 @@ cleanup() {
     local rc=$?
     set +e
     [ -n "$meta_pid" ] && kill "$meta_pid" 2>/dev/null && wait "$meta_pid" 2>/dev/null
-    if [ -n "$work" ] && command -v podman >/dev/null; then
+    # Only ever with this run's own storage.conf: never the machine's own containers.
+    if [ -n "$work" ] && [ -f "$work/storage.conf" ] &&
+        [ "${CONTAINERS_STORAGE_CONF:-}" = "$work/storage.conf" ]; then
         podman rm -a -f -t 0 >/dev/null 2>&1
         podman volume rm -a -f >/dev/null 2>&1
         podman rmi -a -f >/dev/null 2>&1
@@ -203,7 +205,7 @@ EOF
 meta_port=$(free_port)
 meta_log=$work/meta.log
 touch "$meta_log"
-python3 "$repo/deploy/slow_meta.py" "$meta_port" 2 "$meta_log" &
+python3 "$repo/deploy/slow_meta.py" "$meta_port" 3 "$meta_log" &
 meta_pid=$!
 
 port=$(free_port)
