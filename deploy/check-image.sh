@@ -325,9 +325,9 @@ refused() { # refused NAME MOUNT EXPECTED: the container exits 1 with one line n
     podman rm "$1" >/dev/null
     [ "$code" = 1 ] || fail "$1: exit $code"
     [ "$(wc -l <<<"$lines")" = 1 ] || fail "$1: more than one line: $lines"
-    grep -q '"serve.storage_unwritable"' <<<"$lines" && grep -qF "$3" <<<"$lines" &&
-        grep -q 'uid 10001' <<<"$lines" || fail "$1: unclear: $lines"
-    say "ok: $1: $(sed 's/.*"problem":"\([^"]*\)".*/\1/' <<<"$lines")"
+    grep -qF "tag-gateway: storage folder /data is not writable by uid 10001 ($3)" <<<"$lines" ||
+        fail "$1: unclear: $lines"
+    say "ok: $1: $lines"
 }
 mkdir "$work/root-owned"
 refused tg-root-owned "$work/root-owned:/data" "Permission denied"
