@@ -4,6 +4,7 @@ from the pixel, gtag and the server API, a spend file, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from urllib.parse import quote
 
 import orjson
 import pytest
+import structlog
 
 from gateway import cli
 from gateway.config import Config
@@ -79,6 +81,8 @@ def config_file(gw: Gateway, tmp_path: Path) -> Path:
 
 
 async def command(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    # The gateway runs in this process: its log lines must not land in the command's stdout.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     capsys.readouterr()
     code = await asyncio.to_thread(cli.main, list(args))
     out, err = capsys.readouterr()

@@ -5,12 +5,14 @@ hit and the real server API, then `report --json`, the warning line, `--fail-on-
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import orjson
 import pytest
+import structlog
 
 from gateway import cli
 from gateway.config import Config
@@ -68,6 +70,8 @@ def config_file(gw: Gateway, tmp_path: Path) -> Path:
 
 async def command(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run a command beside the running gateway (its own event loop, in a thread)."""
+    # The gateway runs in this process: its log lines must not land in the command's stdout.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     capsys.readouterr()
     code = await asyncio.to_thread(cli.main, list(args))
     out, err = capsys.readouterr()
