@@ -372,7 +372,7 @@ async def _ingest(
     plan = None
     settings = app[CONFIG].cookies
     if settings is not None and cookie_vendors:
-        events, plan = _first_party_ids(app, events, hit, settings, cookie_vendors)
+        events, plan = _first_party_ids(app, events, hit, settings, cookie_vendors, parsed.carried)
     event_ids.extend(e.event_id for e in events)
     names.extend(e.event_name for e in events)
     try:
@@ -401,6 +401,7 @@ def _first_party_ids(
     hit: Hit,
     settings: Cookies,
     vendors: Sequence[str],
+    carried: Mapping[str, str],
 ) -> tuple[Sequence[Event], cookies.CookiePlan]:
     """Create or renew `_fbp`, `_fbc`, `_ttp`, `ttclid` once for this request, and put the same
     values on every event of it. Nothing is set when consent denies ad_storage."""
@@ -415,6 +416,7 @@ def _first_party_ids(
         denied,
         _RNG,
         vendors=vendors,
+        carried=carried,
     )
     fields = plan.user_fields()
     if not fields:

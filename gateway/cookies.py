@@ -116,8 +116,14 @@ def plan(
     ad_storage_denied: bool,
     rng: random.Random,
     vendors: Collection[str] = VENDORS,
+    carried: Mapping[str, str] | None = None,
 ) -> CookiePlan:
     """Decide the request's `_fbp`, `_fbc`, `_ttp` and `ttclid` and the cookies to set.
+
+    The hit's own IDs always win (contract §3): an ID the tag sent as a parameter (`carried`,
+    by `User` field: the Meta pixel's `fbp`/`fbc`, the TikTok pixel's `anonymous_id` as `ttp`)
+    is used and refreshed byte for byte, then a cookie the request carries; a new ID is minted
+    only when the hit carries neither. A value not of the ID's shape is no ID.
 
     - `_fbp`: a valid cookie is kept byte for byte and renewed (same value, new Max-Age); a
       missing or invalid one is replaced by `fb.<subdomainIndex>.<now_ms>.<10 random digits>`.
@@ -137,6 +143,7 @@ def plan(
     """
     if ad_storage_denied:
         return CookiePlan()
+    own = carried or {}
     domain = _domain(settings.domain)
     index = subdomain_index(domain)
     max_age = settings.max_age_days * 86400
@@ -150,7 +157,10 @@ def plan(
 
     if "meta" in vendors:
         fbp = hit_cookies.get(FBP)
-        if fbp is not None and valid_meta_id(fbp):
+        own_fbp = own.get(USER_FIELDS[FBP])
+        if own_fbp is not None and valid_meta_id(own_fbp):
+            keep(FBP, own_fbp, renew=True)
+        elif fbp is not None and valid_meta_id(fbp):
             keep(FBP, fbp, renew=True)
         else:
             # Meta's own pixel uses a random integer below 2**31; 10 digits keeps that shape.
@@ -158,14 +168,22 @@ def plan(
         fbc = hit_cookies.get(FBC)
         fbc_match = _META_ID.fullmatch(fbc) if fbc is not None else None
         fbclid = _click_id(page_url, "fbclid", _FBCLID)
-        if fbclid is not None and (fbc_match is None or fbc_match[3] != fbclid):
+        own_fbc = own.get(USER_FIELDS[FBC])
+        if own_fbc is not None and valid_meta_id(own_fbc):
+            # The pixel derived it from the same click (or knows a later one): its bytes win.
+            # Set only when the cookie differs, so `_fbc` keeps counting from the click.
+            keep(FBC, own_fbc, renew=own_fbc != fbc)
+        elif fbclid is not None and (fbc_match is None or fbc_match[3] != fbclid):
             keep(FBC, f"fb.{index}.{now_ms}.{fbclid}", renew=True)
         elif fbc is not None and fbc_match is not None:
             keep(FBC, fbc, renew=False)
 
     if "tiktok" in vendors:
         ttp = hit_cookies.get(TTP)
-        if ttp is not None and _TIKTOK_ID.fullmatch(ttp):
+        own_ttp = own.get(USER_FIELDS[TTP])
+        if own_ttp is not None and _TIKTOK_ID.fullmatch(own_ttp):
+            keep(TTP, own_ttp, renew=True)
+        elif ttp is not None and _TIKTOK_ID.fullmatch(ttp):
             keep(TTP, ttp, renew=True)
         else:
             keep(TTP, "".join(rng.choices(_TTP_ALPHABET, k=TTP_LENGTH)), renew=True)

@@ -298,3 +298,34 @@ async def test_set_cookie_headers_on_a_real_answer(
 
     denied = await client.get("/tr", headers={"Cookie": f"_fbp={FBP_10}", "Sec-GPC": "1"})
     assert "Set-Cookie" not in denied.headers
+
+
+# --- the hit's own IDs (contract §3) ------------------------------------------------------------
+
+
+def test_the_hits_own_ids_win_over_cookies_and_minting() -> None:
+    carried = {"fbp": FBP_APPENDIX, "fbc": OLD_FBC, "ttp": "own.ttp-1"}
+    result = plan(
+        {FBP: FBP_10, TTP: "cookie-ttp"},
+        f"https://shop.example/?fbclid={FBCLID}",
+        SHOP,
+        NOW_MS,
+        False,
+        random.Random(1),
+        carried=carried,
+    )
+    assert result.values == {FBP: FBP_APPENDIX, FBC: OLD_FBC, TTP: "own.ttp-1"}
+    assert {c.name: c.value for c in result.set_cookies} == result.values
+
+
+def test_an_own_fbc_equal_to_the_cookie_is_not_rewritten() -> None:
+    result = plan(
+        {FBC: OLD_FBC}, None, SHOP, NOW_MS, False, random.Random(1), carried={"fbc": OLD_FBC}
+    )
+    assert result.values[FBC] == OLD_FBC
+    assert cookie(result, FBC) is None
+
+
+def test_an_own_value_of_no_ids_shape_is_no_id() -> None:
+    result = plan({FBP: FBP_10}, None, SHOP, NOW_MS, False, random.Random(1), carried={"fbp": "x"})
+    assert result.values[FBP] == FBP_10

@@ -53,6 +53,9 @@ class Parsed:
     reason: str | None = None
     notes: Mapping[str, str] = field(default_factory=dict)
     """Non-personal facts worth a log field (pixel id, transport, agent)."""
+    carried: Mapping[str, str] = field(default_factory=dict)
+    """First-party IDs the tag itself sent (`User` field → value: `fbp`, `fbc`, `ttp`), as
+    opposed to cookies or IDs derived here: they win over anything the gateway would mint."""
 
 
 class Source(ABC):

@@ -191,7 +191,8 @@ class MetaPixel(Source):
                 accept_language=hit.accept_language,
             ),
         )
-        return Parsed(events=[event], notes=notes)
+        carried = {k: str(params[k]) for k in ("fbp", "fbc") if params.get(k)}
+        return Parsed(events=[event], notes=notes, carried=carried)
 
     def answer(self, hit: Hit | None) -> web.Response:
         if hit is not None and hit.method == "POST":

@@ -204,7 +204,7 @@ class TikTokPixel(Source):
             return Parsed(outcome=Outcome.IGNORED, reason="no event", notes=notes)
         if event.tiktok and event.tiktok.pixel_code:
             notes["pixel_code"] = event.tiktok.pixel_code
-        return Parsed(events=[event], notes=notes)
+        return Parsed(events=[event], notes=notes, carried=_carried(document))
 
     def _event(self, hit: Hit, doc: Mapping[str, Any]) -> Event | None:
         name = doc.get("event")
@@ -314,6 +314,13 @@ class TikTokPixel(Source):
         if hit is not None and hit.method == "GET":
             return web.Response(status=200, body=GIF, content_type="image/gif")
         return web.Response(status=200, body=ANSWER, content_type="application/json")
+
+
+def _carried(document: object) -> dict[str, str]:
+    """The pixel's own `_ttp` (`context.user.anonymous_id`), which wins over the cookie."""
+    user = _obj(_obj(_obj(document).get("context")).get("user"))
+    ttp = text_or_none(user.get("anonymous_id"), 256)
+    return {"ttp": ttp} if ttp else {}
 
 
 def _ttclid(page_url: str | None, hit: Hit) -> str | None:
