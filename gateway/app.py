@@ -359,6 +359,18 @@ async def _ingest(
     if not parsed.events:
         return parsed.outcome, None
     events = _with_request_signals(parsed.events, hit, app[CONFIG])
+    pipeline, send_to = app[PIPELINE], source.settings.send_to
+    unknown = [pipeline.unknown_id(e, send_to) for e in events]
+    if any(unknown):
+        # A pixel or stream nobody configured: counted and logged with its ID, sent nowhere
+        # but to destinations that take every event (cross-vendor routes, dry_run).
+        notes["unknown_id"] = next(i for i in unknown if i)[:64]
+        events = [
+            e for e, i in zip(events, unknown, strict=True) if not i or pipeline.routed(e, send_to)
+        ]
+        if not events:
+            notes["reason"] = f"unknown id {notes['unknown_id']}"
+            return Outcome.IGNORED, None
     for event in events:
         custom = event.custom
         if custom.value is not None and not known_currency(custom.currency):

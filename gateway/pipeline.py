@@ -105,6 +105,8 @@ class Pipeline:
         deliveries = []
         for name in send_to:
             dest = self.destinations[name]
+            if not _routed(dest, event):
+                continue
             wanted = dest.settings.events
             if wanted is not None and named.event_name not in wanted:
                 continue
@@ -133,6 +135,24 @@ class Pipeline:
             consent=consent_record,
             touches=attribution.touches(event, self.store.visitor_secret),
         )
+
+    def unknown_id(self, event: Event, send_to: Sequence[str]) -> str | None:
+        """The pixel or stream ID of a tag's hit that none of that platform's destinations in
+        `send_to` serves (a pixel nobody configured), else None."""
+        unknown = None
+        for name in send_to:
+            dest = self.destinations[name]
+            hit_id = dest.hit_id(event)
+            if hit_id is not None:
+                if hit_id == dest.own_id:
+                    return None
+                unknown = hit_id
+        return unknown
+
+    def routed(self, event: Event, send_to: Sequence[str]) -> bool:
+        """Whether any destination in `send_to` takes this event by its pixel or stream ID
+        (before `events:`, rules and consent, which each leave a row saying why)."""
+        return any(_routed(self.destinations[name], event) for name in send_to)
 
     def _delivery(self, dest: Destination, event: Event) -> NewDelivery:
         denied = [p for p in dest.requires_for(event) if not event.consent.granted(p)]
@@ -196,6 +216,13 @@ def _without_personal_data(event: Event) -> Event:
             note="send personal data in `user`, where it is hashed",
         )
     return scrubbed.event
+
+
+def _routed(dest: Destination, event: Event) -> bool:
+    # A tag's hit goes to the destination of its own pixel (or stream) only, as Meta's gateway
+    # does with several pixels; other destinations take every event routed to them.
+    hit_id = dest.hit_id(event)
+    return hit_id is None or hit_id == dest.own_id
 
 
 def _dropped(dest: Destination, event: Event, status: Status, reason: str) -> NewDelivery:

@@ -152,6 +152,17 @@ class Destination(ABC):
         """This vendor's per-event payload with default options, for `dry_run`; None if none."""
         return None
 
+    @property
+    def own_id(self) -> str | None:
+        """The pixel, stream or pixel code this destination is (None: it serves no one ID)."""
+        return None
+
+    def hit_id(self, event: Event) -> str | None:
+        """The ID a hit from this platform's own tag was for, None for any other event. Such a
+        hit goes only to the destination whose `own_id` it names (several pixels, one each);
+        events from other tags and the server API are not this platform's to route."""
+        return None
+
     def accepts(self, event: Event) -> bool:
         """Whether this destination wants the event at all (beyond routing and `events:`)."""
         return True

@@ -337,6 +337,13 @@ class Ga4Mp(Destination):
         payload = event_payload(event)
         return None if isinstance(payload, Rejected) else request_body([payload])
 
+    @property
+    def own_id(self) -> str:
+        return self.settings.measurement_id
+
+    def hit_id(self, event: Event) -> str | None:
+        return (event.ga4.measurement_id or None) if event.ga4 else None
+
     def prepare(self, event: Event) -> JSON | Rejected:
         return event_payload(event)
 

@@ -233,6 +233,13 @@ class MetaCapi(Destination):
         """The server event as it would be sent, for `dry_run`."""
         return server_event(event)
 
+    @property
+    def own_id(self) -> str:
+        return self.settings.pixel_id
+
+    def hit_id(self, event: Event) -> str | None:
+        return (event.meta.pixel_id or None) if event.meta else None
+
     def prepare(self, event: Event) -> JSON | Rejected:
         payload = server_event(event, self.settings.limited_data_use)
         reason = invalid_reason(payload)

@@ -194,6 +194,13 @@ class TikTokEvents(Destination):
         """The web event as it would be sent, for `dry_run`."""
         return web_event(event)
 
+    @property
+    def own_id(self) -> str:
+        return self.settings.pixel_code
+
+    def hit_id(self, event: Event) -> str | None:
+        return (event.tiktok.pixel_code or None) if event.tiktok else None
+
     def prepare(self, event: Event) -> JSON | Rejected:
         payload = web_event(event)
         if not payload["event"]:

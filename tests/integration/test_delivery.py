@@ -283,7 +283,7 @@ async def test_a_failing_destination_slows_no_other(
     extra = f"""
   broken:
     type: meta_capi
-    pixel_id: "999999"
+    pixel_id: "1234567890"  # the same pixel through a second endpoint: it takes every hit
     access_token: T2
     endpoint: {broken_url}
     timeout_ms: 1000

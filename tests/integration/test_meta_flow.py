@@ -201,7 +201,7 @@ async def test_bad_hits_and_a_broken_store_still_get_the_normal_answer(
     metrics = await (await gw.client.get("/metrics")).text()
     assert 'tag_gateway_hits_total{outcome="store_error",source="meta_pixel"}' not in metrics
     await gw.store.close()  # the fault: storage is gone
-    response = await gw.client.get("/tr?id=1&ev=PageView&eid=x")
+    response = await gw.client.get("/tr?id=1234567890&ev=PageView&eid=x")
     assert response.status == 200
     assert (await response.read()).startswith(GIF_PREFIX)
     metrics = await (await gw.client.get("/metrics")).text()

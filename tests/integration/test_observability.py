@@ -84,7 +84,7 @@ async def test_metrics_and_readyz(
     gw = await start_gateway(make_config(config(fake_platform.url)))
     for i in range(3):
         await gw.client.get(
-            f"/tr?id=1&ev=PageView&eid=m-{i}&dl=https%3A%2F%2Fs.example%2F",
+            f"/tr?id=1234567890&ev=PageView&eid=m-{i}&dl=https%3A%2F%2Fs.example%2F",
             headers={"User-Agent": "UA"},
         )
     await gw.client.get("/tr?ev=PageView")  # not an event
@@ -114,7 +114,7 @@ async def test_a_browser_value_without_currency_is_a_logged_warning(
         gw = await start_gateway(make_config(config(fake_platform.url)))
         for eid, extra in (("v-1", "&cd[value]=10"), ("v-2", "&cd[value]=10&cd[currency]=EUR")):
             response = await gw.client.get(
-                f"/tr?id=1&ev=Purchase&eid={eid}&dl=https%3A%2F%2Fs.example%2F{extra}",
+                f"/tr?id=1234567890&ev=Purchase&eid={eid}&dl=https%3A%2F%2Fs.example%2F{extra}",
                 headers={"User-Agent": "UA"},
             )
             assert response.status == 200

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
+import structlog
 from aiohttp import web
 
 from gateway.config import Config
@@ -143,3 +144,130 @@ async def test_the_tiktok_pixels_own_anonymous_id_reaches_tiktok(
     assert _set_cookies(response)["_ttp"] == own
     await eventually(lambda: len(fake_platform.requests) == 1)
     assert _sent_user(fake_platform, "user")[0]["ttp"] == own
+
+
+# --- one pixel's hits go to that pixel ----------------------------------------------------------
+
+
+def _multi_config(make_config: MakeConfig, endpoint: str) -> Config:
+    def dest(name: str, body: str) -> str:
+        return f"  {name}: {{{body}, endpoint: {endpoint}, batch: {{max_wait_ms: 0}}}}\n"
+
+    return make_config(
+        "trusted_proxies: [127.0.0.1/32]\ndestinations:\n"
+        + dest("meta_a", 'type: meta_capi, pixel_id: "111111111", access_token: A')
+        + dest("meta_b", 'type: meta_capi, pixel_id: "222222222", access_token: B')
+        + dest("ga4_a", "type: ga4_mp, measurement_id: G-AAAA1111, api_secret: SA")
+        + dest("ga4_b", "type: ga4_mp, measurement_id: G-BBBB2222, api_secret: SB")
+        + dest("tt_a", "type: tiktok_events, pixel_code: CAAAA1, access_token: TA")
+        + dest("tt_b", "type: tiktok_events, pixel_code: CBBBB2, access_token: TB")
+        + """sources:
+  meta_pixel: {send_to: [meta_a, meta_b]}
+  ga4: {send_to: [ga4_a, ga4_b, meta_a, meta_b]}
+  tiktok_pixel: {send_to: [tt_a, tt_b]}
+"""
+    )
+
+
+def _meta_hit(pixel: str, eid: str) -> str:
+    return f"/tr/?id={pixel}&ev=PageView&eid={eid}&ts={_ms()}&dl=https%3A%2F%2Fshop.example%2F"
+
+
+def _ga4_hit(tid: str, eid: str) -> str:
+    return (
+        f"/g/collect?v=2&tid={tid}&cid=123.456&_p=1&en=page_view&ep.event_id={eid}"
+        "&dl=https%3A%2F%2Fshop.example%2F"
+    )
+
+
+def _tiktok_hit(code: str, eid: str) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "ViewContent",
+            "event_id": eid,
+            "context": {"pixel": {"code": code}, "page": {"url": "https://shop.example/"}},
+        }
+    )
+
+
+def _delivered(platform: FakePlatform) -> set[tuple[str, str]]:
+    """(which pixel or stream, event ID) for every event the fake platforms got."""
+    out: set[tuple[str, str]] = set()
+    for r in platform.requests:
+        body = r.json()
+        if r.path.startswith("/mp/"):
+            out |= {(r.query["measurement_id"], e["params"]["event_id"]) for e in body["events"]}
+        elif r.path.startswith("/open_api/"):
+            out |= {(body["event_source_id"], e["event_id"]) for e in body["data"]}
+        else:
+            out |= {(r.path.split("/")[2], e["event_id"]) for e in body["data"]}
+    return out
+
+
+async def test_each_pixel_and_stream_gets_only_its_own_hits(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    gw = await start_gateway(_multi_config(make_config, fake_platform.url))
+    headers = {"User-Agent": UA}
+    for path in (
+        _meta_hit("111111111", "m-a"),
+        _meta_hit("222222222", "m-b"),
+        _ga4_hit("G-AAAA1111", "g-a"),
+        _ga4_hit("G-BBBB2222", "g-b"),
+    ):
+        assert (await gw.client.get(path, headers=headers)).status in (200, 204)
+    for code, eid in (("CAAAA1", "t-a"), ("CBBBB2", "t-b")):
+        posted = await gw.client.post("/api/v2/pixel", data=_tiktok_hit(code, eid), headers=headers)
+        assert posted.status == 200
+    expected = {
+        ("111111111", "m-a"),
+        ("222222222", "m-b"),
+        ("G-AAAA1111", "g-a"),
+        ("G-BBBB2222", "g-b"),
+        ("CAAAA1", "t-a"),
+        ("CBBBB2", "t-b"),
+        # Cross-vendor routes are unchanged: a GA4 hit sent to Meta goes to every Meta pixel.
+        ("111111111", "g-a"),
+        ("222222222", "g-a"),
+        ("111111111", "g-b"),
+        ("222222222", "g-b"),
+    }
+    await eventually(lambda: _delivered(fake_platform) >= expected)
+    rows = await gw.rows("SELECT destination, event_id FROM deliveries ORDER BY 1, 2")
+    assert len(rows) == len(expected)
+    assert _delivered(fake_platform) == expected
+
+
+async def test_a_hit_for_a_pixel_nobody_configured_is_ignored_with_its_id(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    gw = await start_gateway(_multi_config(make_config, fake_platform.url))
+    headers = {"User-Agent": UA}
+    with structlog.testing.capture_logs() as logs:
+        assert (await gw.client.get(_meta_hit("333333333", "m-x"), headers=headers)).status == 200
+    (line,) = [entry for entry in logs if entry["event"] == "hit"]
+    assert line["outcome"] == "ignored"
+    assert line["notes"]["unknown_id"] == "333333333"
+    assert (await gw.client.get(_ga4_hit("G-XXXX9999", "g-x"), headers=headers)).status == 204
+    posted = await gw.client.post("/api/v2/pixel", data=_tiktok_hit("CXXXX9", "t-x"))
+    assert posted.status == 200
+    # Control: a known pixel's hit after them is delivered, so the others had their chance.
+    assert (await gw.client.get(_meta_hit("111111111", "m-a"), headers=headers)).status == 200
+    await eventually(lambda: ("111111111", "m-a") in _delivered(fake_platform))
+    delivered = _delivered(fake_platform)
+    assert {eid for _, eid in delivered} == {"m-a", "g-x"}  # the GA4 hit still goes to Meta
+    assert not any(pixel == "G-XXXX9999" for pixel, _ in delivered)
+    rows = await gw.rows("SELECT destination, event_id FROM deliveries WHERE event_id = 'm-x'")
+    assert rows == []
+    metrics = await (await gw.client.get("/metrics")).text()
+    ignored = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("tag_gateway_hits_total") and 'outcome="ignored"' in line
+    ]
+    assert sorted(ignored) == [
+        'tag_gateway_hits_total{outcome="ignored",source="meta_pixel"} 1.0',
+        'tag_gateway_hits_total{outcome="ignored",source="tiktok_pixel"} 1.0',
+    ]
