@@ -27,7 +27,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
-from gateway.personal_data.platforms import hashed
+from gateway.personal_data.platforms import clear, hashed
 from gateway.settings import DestinationSettings
 
 DEFAULT_ENDPOINT: Final = "https://business-api.tiktok.com"
@@ -67,6 +67,7 @@ def tiktok_user(user: User) -> dict[str, str]:
         if (made := hashed("tiktok", field, value, user.country))
     }
     clear = {
+        **tiktok_location(user),
         "ttp": user.ttp,
         "ttclid": user.ttclid,
         "ip": user.client_ip,
@@ -74,6 +75,14 @@ def tiktok_user(user: User) -> dict[str, str]:
     }
     out.update({k: v for k, v in clear.items() if v})
     return out
+
+
+def tiktok_location(user: User) -> dict[str, str | None]:
+    """`city`, `state`, `country` in clear (docs/platforms.md §3.2)."""
+    return {
+        field: clear("tiktok", field, getattr(user, field), user.country)
+        for field in ("city", "state", "country")
+    }
 
 
 _CONTENT_KEYS: Final = {

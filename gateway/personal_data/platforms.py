@@ -122,6 +122,16 @@ def google_postal(raw: str) -> str | None:
     return lower(raw)
 
 
+def tiktok_state(country: str | None) -> Normalizer:
+    """Trimmed and lowercased; a US state as its two-letter code (`California` → `ca`)."""
+
+    def state(raw: str) -> str | None:
+        code = normalize.country_code(country) if country else None
+        return (normalize.us_state_code(raw) if code in (None, "us") else None) or lower(raw)
+
+    return state
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 _RULES: Final[dict[str, dict[str, Callable[[str | None], Normalizer]]]] = {
@@ -158,6 +168,10 @@ _RULES: Final[dict[str, dict[str, Callable[[str | None], Normalizer]]]] = {
         "first_name": lambda _: lower,
         "last_name": lambda _: lower,
         "zip": lambda _: lower,
+        # Sent in clear (`clear`), as Stape maps them; TikTok publishes no normalization.
+        "city": lambda _: lower,
+        "state": tiktok_state,
+        "country": lambda _: normalize.country_code,
     },
 }
 

@@ -155,7 +155,8 @@ class MetaPixel(Source):
             if found := bracketed.user.get(key) or bracketed.user_form.get(key):
                 user_fields[field] = found
         received_ms = int(hit.received_at * 1000)
-        page_url = text_or_none(params.get("dl"), 4096)
+        # The no-script `<img>` has no `dl`, but its Referer is the page that embedded it.
+        page_url = text_or_none(params.get("dl"), 4096) or text_or_none(hit.referer, 4096)
         ts = int_or_none(params.get("ts"))
         event_id = text_or_none(params.get("eid"), 256)
         fbc = params.get("fbc") or hit.cookies.get("_fbc") or _fbc_from_click(page_url, received_ms)

@@ -271,3 +271,105 @@ async def test_a_hit_for_a_pixel_nobody_configured_is_ignored_with_its_id(
         'tag_gateway_hits_total{outcome="ignored",source="meta_pixel"} 1.0',
         'tag_gateway_hits_total{outcome="ignored",source="tiktok_pixel"} 1.0',
     ]
+
+
+# --- what each platform needs from a page and a server event -------------------------------------
+
+
+def _server_config(make_config: MakeConfig, endpoint: str, extra: str = "") -> Config:
+    return make_config(
+        f"""
+destinations:
+  meta:
+    type: meta_capi
+    pixel_id: "1234567890"
+    access_token: TOKEN-abc
+    endpoint: {endpoint}
+    batch: {{max_wait_ms: 0}}
+  tiktok:
+    type: tiktok_events
+    pixel_code: CABC123
+    access_token: TT-TOKEN
+    endpoint: {endpoint}
+    batch: {{max_wait_ms: 0}}
+  ga4:
+    type: ga4_mp
+    measurement_id: G-ABC123
+    api_secret: GA4-SECRET
+    endpoint: {endpoint}
+    batch: {{max_wait_ms: 0}}
+{extra}
+sources:
+  meta_pixel: {{send_to: [meta]}}
+  server: {{send_to: [meta, tiktok, ga4], api_keys: [key-1]}}
+"""
+    )
+
+
+async def _post_events(gw: Gateway, *events: dict[str, object]) -> dict[str, object]:
+    response = await gw.client.post(
+        "/v1/events", json={"events": list(events)}, headers={"Authorization": "Bearer key-1"}
+    )
+    assert response.status == 202
+    body: dict[str, object] = await response.json()
+    return body
+
+
+async def _statuses(gw: Gateway) -> set[tuple[str, str, str, str | None]]:
+    rows = await gw.rows("SELECT destination, event_id, status, message FROM deliveries")
+    return {(r[0], r[1], r[2], r[3]) for r in rows}
+
+
+async def test_a_meta_noscript_hit_takes_its_page_from_the_referer(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    gw = await start_gateway(_server_config(make_config, fake_platform.url))
+    response = await gw.client.get(
+        "/tr?id=1234567890&ev=PageView&noscript=1",
+        headers={"User-Agent": UA, "Referer": "https://shop.example/landing?fbclid=IwAR_ns-1"},
+    )
+    assert response.status == 200
+    await eventually(lambda: len(fake_platform.requests) == 1)
+    (event,) = fake_platform.requests[0].json()["data"]
+    assert event["event_source_url"] == "https://shop.example/landing?fbclid=IwAR_ns-1"
+    assert event["user_data"]["fbc"].endswith(".IwAR_ns-1")
+
+    async def sent() -> bool:
+        return {s for _, _, s, _ in await _statuses(gw)} == {"sent"}
+
+    await eventually(sent)
+
+
+async def test_tiktok_gets_city_state_and_country_in_clear(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    gw = await start_gateway(_server_config(make_config, fake_platform.url))
+    event = {
+        "event_id": "ord-7",
+        "event_name": "lead",
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thanks",
+        "user": {
+            "email": "jane@example.com",
+            "user_agent": UA,
+            "city": " San Francisco ",
+            "state": "CA",
+            "country": "United States",
+            "ga_client_id": "123.456",
+        },
+    }
+    await _post_events(gw, event)
+
+    def tiktok_user() -> dict[str, str] | None:
+        for r in fake_platform.requests:
+            if r.path.startswith("/open_api/"):
+                user: dict[str, str] = r.json()["data"][0]["user"]
+                return user
+        return None
+
+    await eventually(lambda: tiktok_user() is not None)
+    user = tiktok_user()
+    assert user is not None
+    assert (user["city"], user["state"], user["country"]) == ("san francisco", "ca", "us")
