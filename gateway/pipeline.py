@@ -168,8 +168,9 @@ class Pipeline:
             note = f"limited by consent: {why}"
         prepared = dest.prepare(event)
         if isinstance(prepared, Rejected):
+            status = Status.DROPPED_RULE if prepared.skipped else Status.DEAD
             return NewDelivery(
-                dest.name, Status.DEAD, message=prepared.reason, event_name=event.event_name
+                dest.name, status, message=prepared.reason, event_name=event.event_name
             )
         return NewDelivery(
             dest.name,

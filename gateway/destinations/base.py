@@ -35,6 +35,9 @@ class Rejected:
     """`prepare` refused the event: it can never be delivered to this destination."""
 
     reason: str
+    skipped: bool = False
+    """True when nothing is wrong with the event but this platform cannot take it (GA4 without
+    a client ID): the row is `dropped_rule` rather than `dead`."""
 
 
 class Item:

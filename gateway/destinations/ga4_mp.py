@@ -105,24 +105,26 @@ def google_user_data(user: User) -> dict[str, JSON]:
     return data
 
 
-def client_id_for(event: Event) -> str:
-    """`user.ga_client_id`, else a stable ID in GA's `<n>.<n>` shape derived from, in order, the
-    hashed external_id, email or phone, the fbp or ttp cookie, or the event ID.
+NO_CLIENT_ID: Final = "no ga_client_id"
 
-    A derived ID keeps retries and the events of one known person together; with nothing to go
-    on (as after `on_denied: limited`, which clears every identifier), it is one per event.
+
+def client_id_for(event: Event) -> str | None:
+    """`user.ga_client_id` (gtag's `_ga` client ID, byte for byte), else None: an invented ID
+    would make every such event a new, unattributed GA4 user.
+
+    Two cases have an ID to go on instead. With a `user_id` (the hashed external_id) GA4 joins
+    the events by user, so the client ID is derived from it and stays the same for that user.
+    A consent-limited event (`on_denied: limited` clears every identifier) gets one per event,
+    as the contract asks.
     """
     user = event.user
     if user.ga_client_id:
         return user.ga_client_id
-    basis = (
-        hashed("google", "external_id", user.external_id)
-        or hashed("google", "email", user.email)
-        or hashed("google", "phone", user.phone, user.country)
-        or user.fbp
-        or user.ttp
-        or event.event_id
-    )
+    basis = hashed("google", "external_id", user.external_id)
+    if basis is None and event.limited:
+        basis = event.event_id
+    if basis is None:
+        return None
     digest = sha256_hex(f"tag-gateway:ga4:{basis}")
     return f"{int(digest[:8], 16)}.{int(digest[8:16], 16)}"
 
@@ -272,8 +274,11 @@ def event_payload(event: Event) -> dict[str, JSON] | Rejected:
             f"event name {name[:60]!r}: GA4 needs at most 40 letters, digits or underscores,"
             " starting with a letter, and no reserved prefix"
         )
+    client_id = client_id_for(event)
+    if client_id is None:
+        return Rejected(NO_CLIENT_ID, skipped=True)
     payload: dict[str, JSON] = {
-        "client_id": client_id_for(event),
+        "client_id": client_id,
         "timestamp_micros": event.event_time * 1_000_000,
     }
     # Denied ad_user_data (GPC denies it): Google gets no user-provided data at all, hashed or

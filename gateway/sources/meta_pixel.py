@@ -26,6 +26,7 @@ from gateway.sources.coerce import (
     url_param,
 )
 from gateway.sources.forms import form_pairs
+from gateway.sources.ga4 import client_id_from_cookie
 
 GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 """The 1×1 transparent GIF Meta answers image hits with."""
@@ -166,6 +167,7 @@ class MetaPixel(Source):
             user_agent=hit.user_agent,
             fbp=params.get("fbp") or hit.cookies.get("_fbp") or None,
             fbc=fbc or None,
+            ga_client_id=client_id_from_cookie(hit.cookies),
         )
         event = Event(
             event_id=event_id or new_event_id(),

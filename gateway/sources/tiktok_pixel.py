@@ -19,6 +19,7 @@ from gateway import names
 from gateway.event import Content, Custom, Event, RawHit, TikTokExtras, User, new_event_id
 from gateway.sources.base import Hit, Outcome, Parsed, Source
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
+from gateway.sources.ga4 import client_id_from_cookie
 from gateway.sources.meta_pixel import GIF
 
 ANSWER: Final = b'{"code":0,"message":"OK"}'
@@ -235,6 +236,7 @@ class TikTokPixel(Source):
                 user_agent=hit.user_agent,
                 ttp=text_or_none(user.get("anonymous_id"), 256) or hit.cookies.get("_ttp") or None,
                 ttclid=_ttclid(page_url, hit),
+                ga_client_id=client_id_from_cookie(hit.cookies),
             ),
             custom=_custom(_obj(doc.get("properties"))),
             pixel_code=pixel_code,
@@ -263,6 +265,7 @@ class TikTokPixel(Source):
                 user_agent=hit.user_agent,
                 ttp=hit.cookies.get("_ttp") or None,
                 ttclid=_ttclid(page_url, hit),
+                ga_client_id=client_id_from_cookie(hit.cookies),
             ),
             custom=_custom(properties),
             pixel_code=pixel_code,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
@@ -274,16 +275,31 @@ def test_empty_order_id_never_becomes_an_empty_transaction_id() -> None:
     assert "transaction_id" not in payload["event"]["params"]
 
 
-def test_client_id_is_derived_when_the_event_has_none() -> None:
-    user = User(email="jane@example.com")
+def test_no_client_id_is_invented() -> None:
+    """Without gtag's client ID, GA4 gets nothing rather than a new, unattributed user; the row
+    says why (`dropped_rule`, not `dead`: nothing is wrong with the event)."""
+    for user in (User(email="jane@example.com"), User(fbp="fb.1.1596403881668.1116446470")):
+        assert client_id_for(_server_event(user=user)) is None
+        prepared = _destination().prepare(_server_event(user=user))
+        assert prepared == Rejected("no ga_client_id", skipped=True)
+
+
+def test_a_user_id_keeps_one_client_id_per_person() -> None:
+    user = User(external_id="cust-42", email="jane@example.com")
     first = client_id_for(_server_event(user=user, event_id="a"))
     second = client_id_for(_server_event(user=user, event_id="b"))
+    assert first is not None
     assert re.fullmatch(r"[0-9]+\.[0-9]+", first)
     assert first == second  # one person, one client ID, across events and retries
-    alone_a = client_id_for(_server_event(user=User(), event_id="a"))
-    alone_b = client_id_for(_server_event(user=User(), event_id="b"))
-    assert alone_a != alone_b  # nothing to go on: one per event (as after `limited`)
-    assert alone_a == client_id_for(_server_event(user=User(), event_id="a"))
+
+
+def test_a_limited_event_gets_one_client_id_per_event() -> None:
+    def limited(event_id: str) -> str | None:
+        return client_id_for(replace(_server_event(user=User(), event_id=event_id), limited=True))
+
+    assert limited("a") != limited("b")
+    assert limited("a") == limited("a")
+    assert limited("a") is not None
 
 
 @pytest.mark.parametrize("name", ["add-to-cart", "1st_event", "x" * 41, "google_thing", "ga_x"])
@@ -465,6 +481,7 @@ def test_a_limited_event_keeps_no_session_or_user_properties() -> None:
         event_name="page_view",
         event_time=1_795_000_000,
         source="ga4",
+        user=User(ga_client_id="1.2"),
         ga4=Ga4Extras(
             "G-ABC123", "page_view", session_id="1795000000", user_properties={"tier": "gold"}
         ),

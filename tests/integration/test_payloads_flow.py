@@ -276,7 +276,9 @@ async def test_a_hit_for_a_pixel_nobody_configured_is_ignored_with_its_id(
 # --- what each platform needs from a page and a server event -------------------------------------
 
 
-def _server_config(make_config: MakeConfig, endpoint: str, extra: str = "") -> Config:
+def _server_config(
+    make_config: MakeConfig, endpoint: str, extra: str = "", meta_pixel_to: str = "meta"
+) -> Config:
     return make_config(
         f"""
 destinations:
@@ -300,7 +302,7 @@ destinations:
     batch: {{max_wait_ms: 0}}
 {extra}
 sources:
-  meta_pixel: {{send_to: [meta]}}
+  meta_pixel: {{send_to: [{meta_pixel_to}]}}
   server: {{send_to: [meta, tiktok, ga4], api_keys: [key-1]}}
 """
     )
@@ -373,3 +375,62 @@ async def test_tiktok_gets_city_state_and_country_in_clear(
     user = tiktok_user()
     assert user is not None
     assert (user["city"], user["state"], user["country"]) == ("san francisco", "ca", "us")
+
+
+async def test_ga4_never_gets_an_invented_client_id(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    gw = await start_gateway(_server_config(make_config, fake_platform.url))
+    base = {
+        "event_name": "purchase",
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thanks",
+        "custom": {"value": "10", "currency": "EUR"},
+    }
+    await _post_events(
+        gw,
+        {**base, "event_id": "no-cid", "user": {"email": "a@example.com", "user_agent": UA}},
+        {**base, "event_id": "with-cid", "user": {"ga_client_id": "111.222", "user_agent": UA}},
+        {**base, "event_id": "with-uid", "user": {"external_id": "cust-9", "user_agent": UA}},
+    )
+
+    def ga4_bodies() -> list[dict[str, object]]:
+        return [r.json() for r in fake_platform.requests if r.path.startswith("/mp/")]
+
+    await eventually(lambda: len(ga4_bodies()) == 2)
+    by_event = {b["events"][0]["params"]["event_id"]: b for b in ga4_bodies()}  # type: ignore[index]
+    assert set(by_event) == {"with-cid", "with-uid"}
+    assert by_event["with-cid"]["client_id"] == "111.222"  # the browser's own, byte for byte
+    assert "user_id" in by_event["with-uid"]
+    statuses = await _statuses(gw)
+    assert ("ga4", "no-cid", "dropped_rule", "no ga_client_id") in statuses
+
+    # The other platforms still get it.
+    async def meta_sent() -> bool:
+        return ("meta", "no-cid", "sent", "events_received=1") in await _statuses(gw)
+
+    await eventually(meta_sent)
+
+
+async def test_a_browser_hits_ga_cookie_is_its_ga4_client_id(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    """A Meta pixel hit routed to GA4 carries gtag's `_ga` cookie (same registrable domain):
+    its client ID, not an invented one, joins the browser's GA4 user."""
+    fake_platform.default = _answer
+    gw = await start_gateway(
+        _server_config(make_config, fake_platform.url, meta_pixel_to="meta, ga4")
+    )
+    for eid, cookie in (("pv-ga", "_ga=GA1.1.1489945657.1691089601"), ("pv-none", "x=1")):
+        await gw.client.get(
+            f"/tr/?id=1234567890&ev=PageView&eid={eid}&ts={_ms()}&dl=https%3A%2F%2Fshop.example%2F",
+            headers={"User-Agent": UA, "Cookie": cookie},
+        )
+
+    def ga4_client_ids() -> list[str]:
+        return [r.json()["client_id"] for r in fake_platform.requests if r.path.startswith("/mp/")]
+
+    await eventually(lambda: len(ga4_client_ids()) == 1)
+    assert ga4_client_ids() == ["1489945657.1691089601"]
+    assert ("ga4", "pv-none", "dropped_rule", "no ga_client_id") in await _statuses(gw)

@@ -128,7 +128,12 @@ async def test_an_email_in_a_page_url_is_neither_stored_nor_sent(
                     "event_source_url": f"https://shop.example/thanks?customer_email={EMAIL}"
                     "&sku=7#/done?phone=%2B14155550100",
                     "referrer": f"https://shop.example/cart?user%5Bemail%5D={EMAIL}&sku=7",
-                    "user": {"email": "x@y.example", "client_ip": "203.0.113.9", "user_agent": UA},
+                    "user": {
+                        "email": "x@y.example",
+                        "client_ip": "203.0.113.9",
+                        "user_agent": UA,
+                        "ga_client_id": "1.2",
+                    },
                     "custom": {"value": "10", "currency": "EUR"},
                     "consent": {"ad_user_data": "denied"},
                 }
