@@ -120,10 +120,11 @@ def plan(
 ) -> CookiePlan:
     """Decide the request's `_fbp`, `_fbc`, `_ttp` and `ttclid` and the cookies to set.
 
-    The hit's own IDs always win (contract §3): an ID the tag sent as a parameter (`carried`,
-    by `User` field: the Meta pixel's `fbp`/`fbc`, the TikTok pixel's `anonymous_id` as `ttp`)
-    is used and refreshed byte for byte, then a cookie the request carries; a new ID is minted
-    only when the hit carries neither. A value not of the ID's shape is no ID.
+    The hit's own IDs always win (docs/platforms.md §1.3): an ID the tag sent as a parameter
+    (`carried`, by `User` field: the Meta pixel's `fbp`/`fbc`, the TikTok pixel's
+    `anonymous_id` as `ttp`) is used and refreshed byte for byte, then a cookie the request
+    carries; a new ID is minted only when the hit carries neither. A value not of the ID's
+    shape is no ID.
 
     - `_fbp`: a valid cookie is kept byte for byte and renewed (same value, new Max-Age); a
       missing or invalid one is replaced by `fb.<subdomainIndex>.<now_ms>.<10 random digits>`.
