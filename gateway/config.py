@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
-from gateway import destinations, sources
+from gateway import destinations, names, sources
 from gateway.rules.field_rules import Rule, parse_rules
 from gateway.scripts import parse_ttl
 from gateway.settings import DestinationSettings, SourceSettings, StrictModel
@@ -374,6 +374,9 @@ def _destinations(raw: dict[str, Any], problems: list[str]) -> dict[str, Destina
             # Silently capped, it would hide that the platform refuses more in one request.
             problems.append(f"{path}.batch.max_events: at most {cls.max_batch} (the {kind} limit)")
             continue
+        for i, event_name in enumerate(settings.events or ()):
+            if (why := names.never_matches(event_name)) is not None:
+                problems.append(f"{path}.events[{i}]: {event_name[:60]!r} never matches: {why}")
         out[name] = settings
     return out
 

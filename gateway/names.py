@@ -5,6 +5,7 @@ One table, read in both directions. A name not in it passes through unchanged.
 
 from __future__ import annotations
 
+import difflib
 from typing import Final
 
 # canonical: (meta, ga4, tiktok)
@@ -50,6 +51,39 @@ def to_canonical(vendor: str, name: str) -> str:
 def from_canonical(vendor: str, name: str) -> str:
     """The canonical name as the platform calls it (unknown names unchanged)."""
     return _OUTBOUND[vendor].get(name, name)
+
+
+_VENDOR_NAMES: Final = {"meta": "Meta", "ga4": "GA4", "tiktok": "TikTok"}
+
+
+def _folded(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def never_matches(name: str) -> str | None:
+    """Why a destination's `events:` entry can never match, or None when it can.
+
+    `events:` compares canonical names, and every source maps a platform's names to them, so a
+    platform's spelling of a canonical event (`Purchase`, GA4's `generate_lead`) never arrives
+    as such; nor does a different case or a near miss of a canonical name (`purchse`). Any other
+    name passes through the sources unchanged (a custom event, GA4's `scroll`), so it can match.
+    """
+    if name in _TABLE:
+        return None
+    for vendor, inbound in _INBOUND.items():
+        if (canonical := inbound.get(name)) is not None:
+            label = _VENDOR_NAMES[vendor]
+            return f"{label}'s name for the canonical event '{canonical}'; write '{canonical}'"
+    folded = _folded(name)
+    for canonical in _TABLE:
+        if _folded(canonical) == folded:
+            return f"canonical names are snake_case; write '{canonical}'"
+    # 0.85: `purchse`, `leads` and `page_veiw` are caught; GA4's own `add_shipping_info` or
+    # `view_cart` (0.67 from the nearest canonical name) are not.
+    close = difflib.get_close_matches(name.lower(), _TABLE, n=1, cutoff=0.85)
+    if close:
+        return f"no source produces it; did you mean '{close[0]}'?"
+    return None
 
 
 def is_known(name: str) -> bool:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.pipeline")
 
+NOT_IN_EVENTS: Final = "not in events:"
+"""The reason on the row of an event a destination's `events:` leaves out."""
+
 # Match keys counted by the report (docs/operations.md §5), one bit each.
 MATCH_KEYS: Final = ("email", "phone", "external_id", "fbp", "fbc", "ip_ua")
 
@@ -109,6 +112,8 @@ class Pipeline:
                 continue
             wanted = dest.settings.events
             if wanted is not None and named.event_name not in wanted:
+                # A row even so: "why was this not sent" always has an answer in deliveries.
+                deliveries.append(_dropped(dest, named, Status.DROPPED_RULE, NOT_IN_EVENTS))
                 continue
             if isinstance(shared, Dropped):
                 deliveries.append(_dropped(dest, named, Status.DROPPED_RULE, shared.reason))

@@ -95,3 +95,73 @@ def test_credentials_in_an_endpoint_are_not_printed(
     out = capsys.readouterr().out
     assert "via https://proxy.example:8443" in out
     assert "proxy-pass-9" not in out
+
+
+# --- event names that can never match (destinations.<name>.events) -----------------------------
+
+
+def _with_events(events: str, kind: str = "ga4_mp") -> str:
+    body = {
+        "ga4_mp": "type: ga4_mp, measurement_id: G-ABC123, api_secret: S",
+        "meta_capi": 'type: meta_capi, pixel_id: "1234567890", access_token: T',
+    }[kind]
+    return (
+        f"destinations:\n  d: {{{body}, events: {events}}}\n"
+        "sources:\n  meta_pixel: {send_to: [d]}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("events", "problem"),
+    [
+        (
+            "[purchase, generate_lead]",
+            "destinations.d.events[1]: 'generate_lead' never matches: GA4's name for the"
+            " canonical event 'lead'; write 'lead'",
+        ),
+        (
+            "[Purchase, lead]",
+            "destinations.d.events[0]: 'Purchase' never matches: Meta's name for the canonical"
+            " event 'purchase'; write 'purchase'",
+        ),
+        (
+            "[lead, purchse]",
+            "destinations.d.events[1]: 'purchse' never matches: no source produces it; did you"
+            " mean 'purchase'?",
+        ),
+        (
+            "[ADD_TO_CART]",
+            "destinations.d.events[0]: 'ADD_TO_CART' never matches: canonical names are"
+            " snake_case; write 'add_to_cart'",
+        ),
+        (
+            "[view_item, CompletePayment]",
+            "destinations.d.events[0]: 'view_item' never matches: GA4's name for the canonical"
+            " event 'view_content'; write 'view_content'",
+        ),
+    ],
+)
+def test_check_refuses_event_names_that_never_match(events: str, problem: str) -> None:
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse(_with_events(events), "t.yaml", {})
+    assert problem in raised.value.problems
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        "[purchase, lead, page_view]",
+        # Names no table maps pass through, so these can come from a source as they are.
+        "[scroll, user_engagement, SubscribedButtonClick, Donate, PlaceAnOrder, my_event]",
+    ],
+)
+def test_canonical_and_passthrough_event_names_pass(events: str) -> None:
+    cfg = config.parse(_with_events(events, "meta_capi"), "t.yaml", {})
+    assert cfg.destinations["d"].events
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "eu.yaml", "us.yaml"])
+def test_shipped_examples_show_two_pixels(name: str) -> None:
+    cfg = config.parse((CONFIG_DIR / name).read_text(), name, ENV)
+    pixels = [getattr(d, "pixel_id", None) for d in cfg.destinations.values()]
+    assert len({p for p in pixels if p}) == 2

@@ -434,3 +434,46 @@ async def test_a_browser_hits_ga_cookie_is_its_ga4_client_id(
     await eventually(lambda: len(ga4_client_ids()) == 1)
     assert ga4_client_ids() == ["1489945657.1691089601"]
     assert ("ga4", "pv-none", "dropped_rule", "no ga_client_id") in await _statuses(gw)
+
+
+async def test_an_event_left_out_of_events_gets_a_row_saying_so(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    cfg = make_config(
+        f"""
+destinations:
+  meta:
+    type: meta_capi
+    pixel_id: "1234567890"
+    access_token: T
+    endpoint: {fake_platform.url}
+    events: [purchase]
+    batch: {{max_wait_ms: 0}}
+sources:
+  server: {{send_to: [meta], api_keys: [key-1]}}
+"""
+    )
+    gw = await start_gateway(cfg)
+    base = {"action_source": "website", "event_source_url": "https://shop.example/"}
+    user = {"email": "a@example.com", "user_agent": UA}
+    await _post_events(
+        gw,
+        {**base, "event_id": "l-1", "event_name": "lead", "user": user},
+        {
+            **base,
+            "event_id": "p-1",
+            "event_name": "purchase",
+            "user": user,
+            "custom": {"value": "5", "currency": "EUR"},
+        },
+    )
+
+    async def settled() -> bool:
+        return {s for _, _, s, _ in await _statuses(gw)} == {"sent", "dropped_rule"}
+
+    await eventually(settled)
+    assert await _statuses(gw) == {
+        ("meta", "p-1", "sent", "events_received=1"),
+        ("meta", "l-1", "dropped_rule", "not in events:"),
+    }
