@@ -588,6 +588,7 @@ async def _readyz(request: web.Request) -> web.Response:
         depth, oldest = stats.get(name, (0, None))
         destinations[name] = {
             "healthy": worker.health.healthy,
+            "auth_failed": worker.health.auth_error is not None,
             "queued": depth,
             "oldest_queued_s": round(now - oldest, 1) if oldest else None,
             "last_error": worker.health.last_error,

@@ -8,6 +8,7 @@ nothing but disk. One destination failing slows no other: each has its own worke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Sequence
@@ -55,9 +56,16 @@ class Health:
     last_success_at: float | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
+    auth_error: str | None = None
+    """Set while the platform refuses the credentials (an invalid or expired token)."""
 
     def record(self, result: Result, now: float) -> None:
         """Count one request's verdict."""
+        if result.auth:
+            self.auth_error = self.last_error = result.message[:300]
+            return
+        if result.verdict is not Verdict.RETRY:
+            self.auth_error = None  # the platform took the credentials
         if result.verdict is Verdict.SENT:
             self.last_success_at, self.consecutive_failures = now, 0
         elif result.verdict is Verdict.RETRY:
@@ -70,8 +78,8 @@ class Health:
 
     @property
     def healthy(self) -> bool:
-        """False after three transient failures in a row."""
-        return self.consecutive_failures < 3
+        """False after three transient failures in a row, and while the credentials fail."""
+        return self.consecutive_failures < 3 and self.auth_error is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +132,9 @@ class Worker:
         self.session = session
         self.metrics = metrics or Metrics()
         self.health = Health()
+        self._paused_until: float | None = None
+        """While the credentials fail: when the next probe (one event) may go."""
+        self.metrics.auth_failed.labels(destination.name).set(0)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -167,9 +178,15 @@ class Worker:
                         # Both slots busy: the next claim waits for one to free up.
                         await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                         continue
-                    claimed = await self.store.claim(
-                        self.destination.name, self.destination.batch_size, lease_s
-                    )
+                    limit = self.destination.batch_size
+                    if self._paused_until is not None:
+                        wait_s = self._paused_until - time.time()
+                        if wait_s > 0:
+                            # The token fails: nothing is claimed, so every event waits queued.
+                            await self._pause_wait(min(wait_s, IDLE_RECHECK_S))
+                            continue
+                        limit = 1  # a probe: does the token work again?
+                    claimed = await self.store.claim(self.destination.name, limit, lease_s)
                     if claimed:
                         # The next batch is claimed and built while this one is on the wire.
                         task = asyncio.create_task(self._deliver_logged(claimed))
@@ -206,6 +223,28 @@ class Worker:
             detail=str(exc)[:200],
         )
 
+    async def _pause_wait(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+
+    def _auth(self, result: Result) -> None:
+        """Pause on refused credentials (an error log once per episode); resume on any other
+        answer the platform gives."""
+        name = self.destination.name
+        if result.auth:
+            probe_s = self.destination.settings.retry.auth_probe_ms / 1000
+            fields = {"destination": name, "message": result.message[:300], "next_probe_s": probe_s}
+            if self._paused_until is None:  # a new episode: say it once, loudly
+                log.error("delivery.auth_failed", **fields, note="deliveries wait queued")
+            else:
+                log.info("delivery.auth_still_failing", **fields)
+            self._paused_until = time.time() + probe_s
+            self.metrics.auth_failed.labels(name).set(1)
+        elif self._paused_until is not None and result.verdict is not Verdict.RETRY:
+            self._paused_until = None
+            self.metrics.auth_failed.labels(name).set(0)
+            log.warning("delivery.auth_recovered", destination=name)
+
     async def _idle(self) -> None:
         due = await self.store.next_due(self.destination.name)
         timeout = IDLE_RECHECK_S if due is None else min(max(due - time.time(), 0), IDLE_RECHECK_S)
@@ -237,6 +276,11 @@ class Worker:
                 items.append(Item(row.id, raw=row.payload))
         verdicts: list[_Verdicts] = []
         for request in dest.build_requests(items) if items else []:
+            refused = next((v.result for v in verdicts if v.result.auth), None)
+            if refused is not None:
+                # The credentials failed on this batch already: the rest wait unsent.
+                verdicts.append(_Verdicts(request.items, refused, None, 0.0))
+                continue
             verdicts.extend(await self._send(request))
         for v in verdicts:
             for item in v.items:
@@ -258,6 +302,7 @@ class Worker:
         result = dest.classify(request, answer)
         if dest.sends:
             self.health.record(result, time.time())
+            self._auth(result)
         if self.preview is not None:  # traced rows only: one dict check otherwise
             self.preview.attempt(dest.name, request, answer, result, latency_ms)
         log.info(
@@ -288,6 +333,19 @@ class Worker:
         status = Status.DEAD
         next_at = now
         message = v.result.message
+        if v.result.auth:
+            # Not the event's fault: it waits, queued, and the try does not count as an attempt.
+            return Finished(
+                id=row.id,
+                status=Status.QUEUED,
+                attempts=row.attempts,
+                next_attempt_at=self._paused_until or now,
+                http_status=v.http_status,
+                message=f"waiting for working credentials: {message}",
+                latency_ms=v.latency_ms,
+                first_attempt_at=row.first_attempt_at or now,
+                erase_payload=False,
+            )
         if v.result.verdict is Verdict.SENT:
             status = Status.SENT
         elif v.result.verdict is Verdict.RETRY:

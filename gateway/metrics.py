@@ -66,6 +66,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.auth_failed = Gauge(
+            "tag_gateway_destination_auth_failed",
+            "1 while the platform refuses the destination's credentials (an invalid or expired"
+            " token): its deliveries wait queued. Alert on it.",
+            ["destination"],
+            registry=self.registry,
+        )
+
         self._children: dict[tuple[str, str, str], Any] = {}
 
     def count_hit(self, source: str, outcome: str) -> None:

@@ -34,6 +34,9 @@ class Retry(StrictModel):
     max_attempts: int = Field(default=8, ge=1, le=100)
     base_ms: int = Field(default=500, ge=1)
     max_ms: int = Field(default=300_000, ge=1)
+    auth_probe_ms: int = Field(default=300_000, ge=100, le=86_400_000)
+    """While the platform refuses the credentials (an expired token), deliveries wait queued
+    and one event is tried this often to see whether the token works again."""
 
     @model_validator(mode="after")
     def _base_within_max(self) -> Self:

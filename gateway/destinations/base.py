@@ -100,6 +100,9 @@ class Result:
     verdict: Verdict
     message: str
     retry_after_s: float | None = None
+    auth: bool = False
+    """The platform refused the credentials (an invalid or expired token), not an event: the
+    destination waits, its events queued, until a probe finds the token working again."""
 
 
 class Destination(ABC):

@@ -187,7 +187,8 @@ def invalid_reason(payload: dict[str, Any]) -> str | None:
 # --- answers (docs/platforms.md §1.2) -------------------------------------------------------------
 
 _RETRY_CODES: Final = frozenset({1, 2, 4, 17, 341, 368, 80003})
-_CONFIG_CODES: Final = frozenset({190})
+# The access token is invalid, expired or undecryptable (docs/platforms.md §1.2).
+_AUTH_CODES: Final = frozenset({190})
 
 
 def classify_meta(answer: Answer, batch_size: int) -> Result:
@@ -207,7 +208,9 @@ def classify_meta(answer: Answer, batch_size: int) -> Result:
         text += f" ({user_msg})"
     if code in _RETRY_CODES or (code not in (100, 190) and error.get("is_transient") is True):
         return Result(Verdict.RETRY, text, classify_by_status(answer).retry_after_s)
-    if code in _CONFIG_CODES or (code == 100 and subcode == 33):
+    if code in _AUTH_CODES:
+        return Result(Verdict.RETRY, text, auth=True)
+    if code == 100 and subcode == 33:
         return Result(Verdict.DEAD, text)
     if code == 100:
         # Invalid parameter: one event spoils the whole request; isolate it.

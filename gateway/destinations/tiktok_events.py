@@ -153,8 +153,9 @@ def web_event(event: Event) -> dict[str, JSON]:
 # (RudderStack's TikTok handler, Singer's tap-tiktok-ads backoff list; unverified): 40100 is its
 # rate limit, 40700 and 50000/50002 are errors on TikTok's side.
 _RETRY_CODES: Final = frozenset({40100, 40700, 50000, 50002})
-# The access token is missing or wrong: no event is at fault, so splitting cannot help.
-_CONFIG_CODES: Final = frozenset({40104, 40105})
+# The access token is missing or wrong: no event is at fault, so splitting cannot help; the
+# destination waits for a working token.
+_AUTH_CODES: Final = frozenset({40104, 40105})
 
 
 def classify_tiktok(answer: Answer, batch_size: int) -> Result:
@@ -171,6 +172,8 @@ def classify_tiktok(answer: Answer, batch_size: int) -> Result:
     if request_id := body.get("request_id"):
         text += f" (request_id {request_id})"
     by_status = classify_by_status(answer)
+    if code in _AUTH_CODES:
+        return Result(Verdict.RETRY, text, auth=True)
     if answer.status is None or not 200 <= answer.status < 300:
         if code in _RETRY_CODES:
             return Result(Verdict.RETRY, text, by_status.retry_after_s)
@@ -179,8 +182,6 @@ def classify_tiktok(answer: Answer, batch_size: int) -> Result:
         return Result(Verdict.SENT, text)
     if code in _RETRY_CODES:
         return Result(Verdict.RETRY, text, by_status.retry_after_s)
-    if code in _CONFIG_CODES:
-        return Result(Verdict.DEAD, text)
     # Anything else refused the whole batch for what may be one event: isolate it.
     return Result(Verdict.SPLIT if batch_size > 1 else Verdict.DEAD, text)
 

@@ -192,7 +192,7 @@ def _error(code: int, subcode: int | None = None, status: int = 400, **extra: ob
         (_error(4, status=403), 5, Verdict.RETRY),
         (_error(80003), 5, Verdict.RETRY),
         (_error(2, status=503), 5, Verdict.RETRY),
-        (_error(190, 460, status=401), 5, Verdict.DEAD),  # token: retrying cannot help
+        (_error(190, 460, status=401), 5, Verdict.RETRY),  # token: waits (auth), see below
         (_error(100, 33), 5, Verdict.DEAD),  # wrong pixel id: no event is at fault
         (_error(100, 2804003), 5, Verdict.SPLIT),  # one event too old spoils the batch
         (_error(100, 2804050), 1, Verdict.DEAD),
@@ -202,6 +202,14 @@ def _error(code: int, subcode: int | None = None, status: int = 400, **extra: ob
 )
 def test_classification_by_metas_own_codes(answer: Answer, batch: int, verdict: Verdict) -> None:
     assert classify_meta(answer, batch).verdict is verdict
+
+
+@pytest.mark.parametrize("subcode", [None, 460, 463])
+def test_a_refused_token_is_an_auth_failure_not_a_dead_event(subcode: int | None) -> None:
+    result = classify_meta(_error(190, subcode, status=401), 5)
+    assert (result.verdict, result.auth) == (Verdict.RETRY, True)
+    assert classify_meta(_error(100, 33), 5).auth is False  # a wrong pixel: final, no pause
+    assert classify_meta(_error(4, status=403), 5).auth is False  # throttled: OAuthException too
 
 
 def test_retry_after_is_kept() -> None:

@@ -183,7 +183,7 @@ def _code(code: int, status: int = 200, message: str = "m") -> Answer:
         (_code(40001), 5, Verdict.SPLIT),
         (_code(40100), 5, Verdict.RETRY),  # rate limit, inside an HTTP 200
         (_code(50002), 5, Verdict.RETRY),
-        (_code(40105), 5, Verdict.DEAD),  # the token: splitting cannot help
+        (_code(40105), 5, Verdict.RETRY),  # the token: no split; waits (auth), see below
         (_code(40100, status=429), 5, Verdict.RETRY),
         (_code(40002, status=400), 5, Verdict.DEAD),
         (Answer(502, b"<html>bad gateway</html>", {}), 5, Verdict.RETRY),
@@ -193,6 +193,13 @@ def _code(code: int, status: int = 200, message: str = "m") -> Answer:
 )
 def test_classification_by_tiktoks_own_codes(answer: Answer, batch: int, verdict: Verdict) -> None:
     assert classify_tiktok(answer, batch).verdict is verdict
+
+
+@pytest.mark.parametrize("answer", [_code(40104), _code(40105), _code(40105, status=401)])
+def test_a_refused_token_is_an_auth_failure(answer: Answer) -> None:
+    result = classify_tiktok(answer, 5)
+    assert (result.verdict, result.auth) == (Verdict.RETRY, True)
+    assert classify_tiktok(_code(40002), 5).auth is False  # the control
 
 
 def test_the_message_carries_tiktoks_message_and_code() -> None:

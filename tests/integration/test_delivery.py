@@ -314,7 +314,8 @@ async def test_replay_requeues_dead_deliveries(
 ) -> None:
     fake_platform.then(
         lambda r: web.json_response(
-            {"error": {"message": "Error validating access token", "code": 190}}, status=401
+            {"error": {"message": "Unsupported post request", "code": 100, "error_subcode": 33}},
+            status=400,
         )
     )
     cfg = make_config(config_text(fake_platform.url))

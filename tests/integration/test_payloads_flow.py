@@ -477,3 +477,124 @@ sources:
         ("meta", "p-1", "sent", "events_received=1"),
         ("meta", "l-1", "dropped_rule", "not in events:"),
     }
+
+
+# --- an invalid or expired token pauses the destination, loudly --------------------------------
+
+
+def _meta_190(recorded: Recorded) -> web.Response:
+    return web.json_response(
+        {
+            "error": {
+                "message": "Error validating access token: Session has expired",
+                "type": "OAuthException",
+                "code": 190,
+                "error_subcode": 463,
+            }
+        },
+        status=401,
+    )
+
+
+def _gauge(metrics: str, destination: str) -> str | None:
+    prefix = f'tag_gateway_destination_auth_failed{{destination="{destination}"}} '
+    return next(
+        (line[len(prefix) :] for line in metrics.splitlines() if line.startswith(prefix)), None
+    )
+
+
+async def test_an_expired_token_pauses_delivery_until_it_works(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.default = _answer
+    fake_platform.then(_meta_190, _meta_190)  # the token fails twice, then works again
+    gw = await start_gateway(
+        make_config(
+            f"""
+destinations:
+  meta:
+    type: meta_capi
+    pixel_id: "1234567890"
+    access_token: EXPIRED
+    endpoint: {fake_platform.url}
+    batch: {{max_wait_ms: 0}}
+    retry: {{max_attempts: 2, base_ms: 10, max_ms: 20, auth_probe_ms: 1000}}
+sources:
+  meta_pixel: {{send_to: [meta]}}
+"""
+        )
+    )
+    with structlog.testing.capture_logs() as logs:
+        await gw.client.get(_meta_hit("1234567890", "e-1"), headers={"User-Agent": UA})
+        await eventually(lambda: len(fake_platform.requests) == 1)
+
+        async def paused() -> bool:
+            ready = await (await gw.client.get("/readyz")).json()
+            return ready["destinations"]["meta"]["healthy"] is False
+
+        await eventually(paused)
+        # Later deliveries wait, queued: no request, no attempt spent, nothing dead.
+        for eid in ("e-2", "e-3"):
+            await gw.client.get(_meta_hit("1234567890", eid), headers={"User-Agent": UA})
+        rows = await gw.rows("SELECT event_id, status FROM deliveries ORDER BY event_id")
+        assert rows == [("e-1", "queued"), ("e-2", "queued"), ("e-3", "queued")]
+        assert len(fake_platform.requests) == 1  # nothing sent before the next probe
+        metrics = await (await gw.client.get("/metrics")).text()
+        assert _gauge(metrics, "meta") == "1.0"
+        ready = await (await gw.client.get("/readyz")).json()
+        assert "190/463" in ready["destinations"]["meta"]["last_error"]
+
+        async def all_sent() -> bool:
+            rows = await gw.rows("SELECT status FROM deliveries")
+            return [r[0] for r in rows] == ["sent"] * 3
+
+        # One probe every auth_probe_ms: the second fails too, the third finds the token working.
+        await eventually(all_sent, within=15)
+    sizes = [len(r.json()["data"]) for r in fake_platform.requests]
+    assert sizes[:3] == [1, 1, 1]  # e-1; then one event a probe: a failed one, a good one
+    assert sum(sizes) == 5  # then the two that waited
+    sent = [e["event_id"] for r in fake_platform.requests[2:] for e in r.json()["data"]]
+    assert sorted(sent) == ["e-1", "e-2", "e-3"]
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["delivery.auth_failed"]  # once per episode
+    assert errors[0]["destination"] == "meta"
+    assert "EXPIRED" not in str(logs)
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert _gauge(metrics, "meta") == "0.0"
+    ready = await (await gw.client.get("/readyz")).json()
+    assert ready["destinations"]["meta"]["healthy"] is True
+    attempts = await gw.rows("SELECT attempts FROM deliveries")
+    assert max(a for (a,) in attempts) <= 2  # paused tries are not attempts: max_attempts held
+
+
+async def test_tiktoks_auth_codes_pause_it_too(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
+) -> None:
+    fake_platform.then(
+        lambda r: web.json_response({"code": 40105, "message": "Access token is incorrect"})
+    )
+    fake_platform.default = _answer
+    gw = await start_gateway(
+        make_config(
+            f"""
+destinations:
+  tiktok:
+    type: tiktok_events
+    pixel_code: CABC123
+    access_token: WRONG
+    endpoint: {fake_platform.url}
+    batch: {{max_wait_ms: 0}}
+    retry: {{auth_probe_ms: 300}}
+sources:
+  tiktok_pixel: {{send_to: [tiktok]}}
+"""
+        )
+    )
+    response = await gw.client.post("/api/v2/pixel", data=_tiktok_hit("CABC123", "t-1"))
+    assert response.status == 200
+
+    async def sent() -> bool:
+        return await gw.rows("SELECT status FROM deliveries") == [("sent",)]
+
+    await eventually(sent, within=10)
+    assert len(fake_platform.requests) == 2  # the refusal, then the probe that worked
