@@ -30,6 +30,7 @@ from aiohttp import web
 
 from gateway.event import CLEAR_USER_FIELDS, HASHED_USER_FIELDS, JSON, Event
 from gateway.personal_data import hashing
+from gateway.pipeline import NOT_IN_EVENTS
 from gateway.preview.mask import MASK, Masker, mask_plain, personal_values, secret_name
 from gateway.rules.field_rules import RedactUrlParams
 from gateway.sources.forms import form_pairs
@@ -401,7 +402,7 @@ class HitTrace:
         destinations: dict[str, DestinationTrace] = {}
         for name in send_to:
             d = by_name.get(name)
-            if d is None:
+            if d is None or d.message == NOT_IN_EVENTS:  # its row says why; the trace, skipped
                 destinations[name] = DestinationTrace("skipped", self._skipped(name, row))
                 continue
             status, reason = str(d.status), d.message
