@@ -163,6 +163,9 @@ def main() -> None:
                 "gw": [],
                 "preview": [],
             }
+            # Unmeasured warm-up, so neither gateway's first round pays for a cold start.
+            for port in (gw_port, preview_port):
+                wrk(f"http://127.0.0.1:{port}", pixel_lua, 2)
             for _ in range(2):
                 results["bare"].append(
                     wrk(f"http://127.0.0.1:{bare_port}", pixel_lua, args.duration)
