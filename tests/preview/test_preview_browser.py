@@ -79,12 +79,13 @@ sources:
                 "&cd[currency]=EUR",
                 headers={"X-Tag-Gateway-Preview": session, "User-Agent": "Mozilla/5.0 (phone)"},
             )
-            # Newest first; and the attempts arrive on the page as they happen.
+            # Newest first; and the attempts arrive on the page as they happen (Meta for
+            # both, the dry run for the purchase).
             # (Polled from here: the page's CSP forbids the eval wait_for_function uses.)
             await eventually(
                 lambda: page.evaluate(
                     "document.querySelectorAll('article.hit').length === 2"
-                    " && document.querySelectorAll('article.hit .chip .badge.sent').length >= 2"
+                    " && document.querySelectorAll('article.hit .chip .badge.sent').length === 3"
                 ),
                 within=10,
             )

@@ -253,7 +253,9 @@ function hitNode(trace) {
   const toggle = () => {
     const key = `hit:${trace.id}`;
     if (state.open.has(key)) state.open.delete(key); else state.open.add(key);
-    node.replaceWith(hitNode(state.traces.get(trace.id)));
+    // The node clicked may have been replaced by a newer version of the trace meanwhile.
+    const current = $("hits").querySelector(`article.hit[data-id="${trace.id}"]`) || node;
+    current.replaceWith(hitNode(state.traces.get(trace.id)));
   };
   summary.addEventListener("click", toggle);
   summary.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); toggle(); } });
