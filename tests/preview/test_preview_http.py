@@ -541,3 +541,31 @@ async def test_refused_and_malformed_hits_are_traced_with_their_reason(
     assert found[1]["events"] == []
     assert found[2]["reason"]
     assert "nope" not in orjson.dumps(found).decode()
+
+
+async def test_a_trace_names_the_rule_that_dropped_and_the_consent_that_limited(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, sqlite_only: None
+) -> None:
+    text = config_text(
+        fake_platform.url, 'rules:\n  - drop_events: {user_agent_matches: "(?i)bot"}\n'
+    ).replace(
+        "    batch: {max_wait_ms: 0}\n    retry:",
+        "    on_denied: limited\n    batch: {max_wait_ms: 0}\n    retry:",
+    )
+    gw = await start_gateway(make_config(text))
+    session = await start_session(gw)
+    dl = "https%3A%2F%2Fshop.example%2F"
+    for eid, ua in (("bot-1", "Googlebot/2.1"), ("human-1", "Mozilla/5.0")):
+        await gw.client.get(
+            f"/g/collect?v=2&tid=G-ABC123&cid=1.2&en=page_view&ep.event_id={eid}&gcs=G101&dl={dl}",
+            headers={"X-Tag-Gateway-Preview": session, "User-Agent": ua},
+        )
+    bot, human = await settled(gw, session, lambda ts: len(ts) == 2)
+    for dest in bot["events"][0]["destinations"].values():
+        assert dest["status"] == "dropped_rule"
+        assert dest["reason"].startswith("rules[0]")
+    meta = human["events"][0]["destinations"]["meta"]
+    assert meta["status"] == "limited"
+    assert meta["reason"].startswith("limited by consent: ad_storage denied (gcs)")
+    assert meta["payload"]["event_id"] == "human-1"
+    assert human["events"][0]["destinations"]["ga4"]["status"] == "queued"
