@@ -81,7 +81,7 @@ SERVER_LUA = textwrap.dedent(
           '"custom":{"value":"19.90","currency":"EUR"}}'
       end
       local body = '{"events":[' .. table.concat(parts, ",") .. ']}'
-      return wrk.format("POST", "/v1/events", {["Authorization"] = "Bearer bench-key",
+      return wrk.format("POST", "/v1/events", {["Authorization"] = "Bearer bench-key-0123456789",
         ["Content-Type"] = "application/json"}, body)
     end
     """
@@ -116,7 +116,7 @@ destinations:
   audit: {{type: dry_run}}
 sources:
   meta_pixel: {{send_to: [audit]}}
-  server: {{send_to: [audit], api_keys: [bench-key]}}
+  server: {{send_to: [audit], api_keys: [bench-key-0123456789]}}
 """
     )
     return cfg

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from gateway import destinations, names, sources
 from gateway.rules.field_rules import Rule, parse_rules
 from gateway.scripts import parse_ttl
-from gateway.settings import DestinationSettings, SourceSettings, StrictModel
+from gateway.settings import DestinationSettings, Secret, SourceSettings, StrictModel
 
 ENV_VAR: Final = "TAG_GATEWAY_CONFIG"
 EMBEDDED: Final = "embedded default"
@@ -121,7 +121,7 @@ class ConsentSettings(StrictModel):
 class Admin(StrictModel):
     """`GET /admin`, enabled only with a token."""
 
-    token: SecretStr
+    token: Secret
 
 
 class _Document(StrictModel):
@@ -287,7 +287,12 @@ def _validate(model: type[M], data: object, path: str, problems: list[str]) -> M
 
 def _describe(exc: ValidationError, prefix: str) -> list[str]:
     lines = []
-    for error in exc.errors(include_input=False, include_url=False):
+    errors = exc.errors(include_input=False, include_url=False)
+    for error in errors:
+        if error["type"] == "too_short" and any(
+            e["loc"][: len(error["loc"])] == error["loc"] and e is not error for e in errors
+        ):
+            continue  # "at least 1 item" only because an item failed: that item says why
         where = prefix
         for part in error["loc"]:
             where = f"{where}[{part}]" if isinstance(part, int) else _join(where, str(part))

@@ -6,9 +6,9 @@ vendor's keys live beside the code that reads them.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 Purpose = Literal["ad_storage", "analytics_storage", "ad_user_data", "ad_personalization"]
 
@@ -68,3 +68,22 @@ class SourceSettings(StrictModel):
     send_to: tuple[str, ...] = ()
     path: str | None = Field(default=None, pattern=r"^/")
     """Base path of the source's routes; None keeps the vendor's default."""
+
+
+MIN_SECRET_CHARS = 16
+"""An API key or the admin token is at least this long: an empty one (an unset variable that
+docker-compose passes as "") would open the door to an empty credential."""
+
+
+def _strong(value: SecretStr) -> SecretStr:
+    text = value.get_secret_value()
+    if len(text.strip()) < MIN_SECRET_CHARS:
+        raise ValueError(f"must be at least {MIN_SECRET_CHARS} characters (an unset variable?)")
+    if text != text.strip():
+        # Clients' credentials are stripped before comparing: a padded secret never matches.
+        raise ValueError("must not start or end with whitespace")
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_strong)]
+"""A credential clients must present to us (not a platform's token, which the platform checks)."""

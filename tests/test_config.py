@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 
 from gateway import cli, config
+from gateway.settings import MIN_SECRET_CHARS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 ENV = {
     "META_CAPI_TOKEN": "meta-secret-1",
     "GA4_API_SECRET": "ga4-secret-2",
     "TIKTOK_TOKEN": "tiktok-secret-3",
-    "GATEWAY_API_KEY": "api-secret-4",
-    "ADMIN_TOKEN": "admin-secret-5",
+    "GATEWAY_API_KEY": "api-secret-4-0123456789",
+    "ADMIN_TOKEN": "admin-secret-5-0123456789",
 }
 
 
@@ -165,3 +166,44 @@ def test_shipped_examples_show_two_pixels(name: str) -> None:
     cfg = config.parse((CONFIG_DIR / name).read_text(), name, ENV)
     pixels = [getattr(d, "pixel_id", None) for d in cfg.destinations.values()]
     assert len({p for p in pixels if p}) == 2
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\u00a0", "short-key"])
+def test_an_empty_or_short_secret_is_a_config_error(
+    value: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # docker-compose passes an unset host variable as an empty string: `check` must refuse it
+    # rather than leave /admin and /v1/events open to an empty credential.
+    cfg = tmp_path / "open.yaml"
+    cfg.write_text(
+        'admin: {token: "${ADMIN_TOKEN}"}\n'
+        "destinations: {audit: {type: dry_run}}\n"
+        'sources: {server: {send_to: [audit], api_keys: ["${GATEWAY_API_KEY}", '
+        "long-enough-key-0001]}}\n"
+    )
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(str(cfg), {"ADMIN_TOKEN": value, "GATEWAY_API_KEY": value})
+    problems = caught.value.problems
+    assert [p.split(":")[0] for p in problems] == ["sources.server.api_keys[0]", "admin.token"]
+    for problem in problems:
+        assert f"at least {MIN_SECRET_CHARS} characters" in problem
+    # `check` says the same, one line each, and exits 1.
+    monkeypatch.setenv("ADMIN_TOKEN", value)
+    monkeypatch.setenv("GATEWAY_API_KEY", value)
+    assert cli.main(["check", "--config", str(cfg)]) == 1
+    assert capsys.readouterr().out.splitlines() == problems
+
+
+def test_a_secret_padded_with_whitespace_is_a_config_error() -> None:
+    # The server strips what a client sends, so a key with a trailing newline could never match.
+    text = (
+        "destinations: {audit: {type: dry_run}}\n"
+        "sources: {server: {send_to: [audit], api_keys: ['long-enough-key-0001 ']}}\n"
+    )
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(text, "t.yaml", {})
+    assert caught.value.problems[0].startswith("sources.server.api_keys[0]: ")
+    assert "whitespace" in caught.value.problems[0]

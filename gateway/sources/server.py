@@ -27,7 +27,7 @@ from gateway.event import (
     Event,
     User,
 )
-from gateway.settings import SourceSettings
+from gateway.settings import Secret, SourceSettings
 from gateway.sources.coerce import decimal_or_none, int_or_none, known_currency
 
 MAX_EVENTS: Final = 1000
@@ -39,7 +39,7 @@ CLOCK_SKEW_S: Final = 300
 class ServerSettings(SourceSettings):
     """`sources.server`."""
 
-    api_keys: tuple[SecretStr, ...] = Field(min_length=1)
+    api_keys: tuple[Secret, ...] = Field(min_length=1)
 
 
 class EventError(ValueError):
@@ -51,6 +51,8 @@ def authorized(header: str | None, keys: Sequence[SecretStr]) -> bool:
     if not header or not header.startswith("Bearer "):
         return False
     given = header[len("Bearer ") :].strip().encode()
+    if not given:
+        return False
     matched = False
     for key in keys:
         # No early exit: the time taken does not say which key (or how much of one) matched.

@@ -17,7 +17,7 @@ Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
 
 CONFIG = """
-admin: {token: s3cret-admin}
+admin: {token: s3cret-admin-0123456789}
 destinations:
   meta: {type: dry_run}
   ga4: {type: dry_run}
@@ -62,14 +62,16 @@ async def test_admin_needs_its_token(start_gateway: Start, make_config: MakeConf
     assert (await gw.client.get("/admin")).status == 401
     wrong = await gw.client.get("/admin", headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401
-    basic = base64.b64encode(b"ops:s3cret-admin").decode()
+    basic = base64.b64encode(b"ops:s3cret-admin-0123456789").decode()
     ok = await gw.client.get("/admin", headers={"Authorization": f"Basic {basic}"})
     assert ok.status == 200
     assert "<svg" in await ok.text()
 
 
 async def test_admin_is_off_without_a_token(start_gateway: Start, make_config: MakeConfig) -> None:
-    gw = await start_gateway(make_config(CONFIG.replace("admin: {token: s3cret-admin}\n", "")))
+    gw = await start_gateway(
+        make_config(CONFIG.replace("admin: {token: s3cret-admin-0123456789}\n", ""))
+    )
     assert (await gw.client.get("/admin", headers={"Authorization": "Bearer x"})).status == 404
 
 
@@ -84,7 +86,7 @@ async def test_admin_page_renders_its_charts_in_chromium(
         browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             page = await browser.new_page(
-                extra_http_headers={"Authorization": "Bearer s3cret-admin"},
+                extra_http_headers={"Authorization": "Bearer s3cret-admin-0123456789"},
                 viewport={"width": 1200, "height": 1400},
             )
             page.on(

@@ -41,7 +41,11 @@ async def post_all(gw: Gateway, batches: list[list[dict[str, object]]]) -> None:
     blocker = asyncio.create_task(gw.store.write(hold))
     posts = [
         asyncio.create_task(
-            gw.client.post("/v1/events", json={"events": b}, headers={"Authorization": "Bearer k"})
+            gw.client.post(
+                "/v1/events",
+                json={"events": b},
+                headers={"Authorization": "Bearer test-api-key-0001"},
+            )
         )
         for b in batches
     ]
@@ -65,7 +69,7 @@ async def test_2500_events_to_meta_are_three_requests(
 destinations:
   meta: {{type: meta_capi, pixel_id: "1234567890", access_token: T, endpoint: {fake_platform.url}}}
 sources:
-  server: {{send_to: [meta], api_keys: [k]}}
+  server: {{send_to: [meta], api_keys: [test-api-key-0001]}}
 """
         )
     )
@@ -91,7 +95,7 @@ async def test_60_events_to_ga4_are_three_requests(
 destinations:
   ga4: {{type: ga4_mp, measurement_id: G-ABC123, api_secret: S, endpoint: {fake_platform.url}}}
 sources:
-  server: {{send_to: [ga4], api_keys: [k]}}
+  server: {{send_to: [ga4], api_keys: [test-api-key-0001]}}
 """
         )
     )
@@ -127,7 +131,7 @@ destinations:
     endpoint: {fake_platform.url}
     timeout_ms: 1000
 sources:
-  server: {{send_to: [ga4], api_keys: [k]}}
+  server: {{send_to: [ga4], api_keys: [test-api-key-0001]}}
 """
         )
     )

@@ -38,7 +38,7 @@ destinations:
     batch: {{max_wait_ms: 0}}
 sources:
   meta_pixel: {{send_to: [meta]}}
-  server: {{send_to: [meta], api_keys: [k]}}
+  server: {{send_to: [meta], api_keys: [test-api-key-0001]}}
 {extra}
 """
 
@@ -79,7 +79,7 @@ async def test_a_denied_event_leaves_no_personal_data_anywhere(
                     server_event("ord-granted", GRANTED_EMAIL, "granted"),
                 ]
             },
-            headers={"Authorization": "Bearer k"},
+            headers={"Authorization": "Bearer test-api-key-0001"},
         )
         assert response.status == 202
 
@@ -111,7 +111,7 @@ async def test_the_drop_names_the_purpose_and_the_signal(
     await gw.client.post(
         "/v1/events",
         json={"events": [server_event("o-1", DENIED_EMAIL, "denied")]},
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     ((message,),) = await gw.rows("SELECT message FROM deliveries")
     assert message == "consent: ad_user_data denied (server)"
@@ -145,7 +145,7 @@ async def test_limited_sends_the_event_without_identifiers(
     await gw.client.post(
         "/v1/events",
         json={"events": [server_event("o-lim", DENIED_EMAIL, "denied")]},
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     await eventually(lambda: len(fake_platform.requests) == 1)
     (event,) = fake_platform.requests[0].json()["data"]
@@ -202,7 +202,7 @@ destinations:
     batch: {{max_wait_ms: 0}}
 sources:
   ga4: {{send_to: [ga4]}}
-  server: {{send_to: [ga4], api_keys: [k]}}
+  server: {{send_to: [ga4], api_keys: [test-api-key-0001]}}
 """
     )
     with structlog.testing.capture_logs() as logs:
@@ -235,7 +235,7 @@ sources:
                     }
                 ]
             },
-            headers={"Authorization": "Bearer k"},
+            headers={"Authorization": "Bearer test-api-key-0001"},
         )
         assert server.status == 202, await server.text()
         assert (await server.json())["accepted"] == 1, await server.text()

@@ -34,7 +34,7 @@ destinations:
 {extra}
 sources:
   meta_pixel: {{send_to: [meta]}}
-  server: {{send_to: [meta], api_keys: [k]}}
+  server: {{send_to: [meta], api_keys: [test-api-key-0001]}}
 """
 
 
@@ -79,7 +79,9 @@ async def test_pixel_twice_and_pixel_plus_server_deliver_once(
         "custom": {"value": "10", "currency": "EUR"},
     }
     response = await gw.client.post(
-        "/v1/events", json={"events": [server_event]}, headers={"Authorization": "Bearer k"}
+        "/v1/events",
+        json={"events": [server_event]},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert await response.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
 

@@ -32,7 +32,7 @@ destinations:
     retry: {{max_attempts: 100, base_ms: 10, max_ms: 20}}
 sources:
   meta_pixel: {{send_to: [meta]}}
-  server: {{send_to: [meta], api_keys: [api-key-xyz]}}
+  server: {{send_to: [meta], api_keys: [api-key-xyz-0123456789]}}
 """
 
 
@@ -53,7 +53,9 @@ async def test_a_full_run_logs_no_token_and_no_personal_data(
             "custom": {"value": "5", "currency": "EUR"},
         }
         response = await gw.client.post(
-            "/v1/events", json={"events": [event]}, headers={"Authorization": "Bearer api-key-xyz"}
+            "/v1/events",
+            json={"events": [event]},
+            headers={"Authorization": "Bearer api-key-xyz-0123456789"},
         )
         assert response.status == 202
         await gw.client.get(
@@ -70,7 +72,7 @@ async def test_a_full_run_logs_no_token_and_no_personal_data(
     # Controls: the run was logged, including the failed attempt.
     assert any(line.get("event") == "hit" for line in logs)
     assert any(line.get("verdict") == "retry" for line in logs)
-    for secret in (TOKEN, "api-key-xyz", EMAIL, email_hash, "198.51.100.23"):
+    for secret in (TOKEN, "api-key-xyz-0123456789", EMAIL, email_hash, "198.51.100.23"):
         assert secret not in text, secret
 
 

@@ -83,7 +83,7 @@ destinations:
     retry: {{base_ms: 50, max_ms: 200}}
 sources:
   meta_pixel: {{send_to: [meta]}}
-  server: {{send_to: [meta], api_keys: [k]}}
+  server: {{send_to: [meta], api_keys: [test-api-key-0001]}}
 """
     )
     ports = [free_port() for _ in range(3)]
@@ -109,7 +109,7 @@ sources:
             async with session.post(
                 f"http://127.0.0.1:{ports[1]}/v1/events",
                 json={"events": [server_event]},
-                headers={"Authorization": "Bearer k"},
+                headers={"Authorization": "Bearer test-api-key-0001"},
             ) as r:
                 assert await r.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
 

@@ -16,9 +16,9 @@ listen: {max_body_bytes: 4096}
 destinations:
   audit: {type: dry_run}
 sources:
-  server: {send_to: [audit], api_keys: [key-1, key-2]}
+  server: {send_to: [audit], api_keys: [key-1-0123456789abc, key-2-0123456789abc]}
 """
-AUTH = {"Authorization": "Bearer key-2"}
+AUTH = {"Authorization": "Bearer key-2-0123456789abc"}
 
 
 def event(event_id: str, **extra: object) -> dict[str, object]:
@@ -58,7 +58,11 @@ async def test_mixed_batch(start_gateway: Start, make_config: MakeConfig) -> Non
 
 async def test_no_key_stores_nothing(start_gateway: Start, make_config: MakeConfig) -> None:
     gw = await start_gateway(make_config(CONFIG))
-    for headers in ({}, {"Authorization": "Bearer key-3"}, {"Authorization": "key-1"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer key-3-0123456789abc"},
+        {"Authorization": "key-1-0123456789abc"},
+    ):
         response = await gw.client.post(
             "/v1/events", json={"events": [event("x")]}, headers=headers
         )

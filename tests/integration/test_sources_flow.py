@@ -24,7 +24,7 @@ sources:
   meta_pixel: {send_to: [audit]}
   ga4: {send_to: [audit]}
   tiktok_pixel: {send_to: [audit]}
-  server: {send_to: [audit], api_keys: [k]}
+  server: {send_to: [audit], api_keys: [test-api-key-0001]}
 """
 
 
@@ -52,7 +52,7 @@ async def test_ga4_purchase_and_server_purchase_are_one_event(
                 }
             ]
         },
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert await response.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
     rows = await gw.rows(

@@ -113,3 +113,5 @@ def test_authorization() -> None:
     assert not authorized("k-one", keys)
     assert not authorized(None, keys)
     assert not authorized("Bearer ", keys)
+    # Stripped to nothing, a non-breaking space must not match an (invalid) empty key.
+    assert not authorized("Bearer \u00a0", (SecretStr(""),))
