@@ -21,7 +21,7 @@ from gateway import admin, cookies
 from gateway import destinations as destination_types
 from gateway import sources as source_types
 from gateway.backlog import Backlog, Kept
-from gateway.client_ip import client_ip
+from gateway.client_ip import client_ip, forwarded_for
 from gateway.config import Config, Cookies
 from gateway.cors import cors_middleware
 from gateway.delivery import Worker
@@ -304,7 +304,7 @@ def _browser_handler(
                 cookies=request.cookies,
                 client_ip=client_ip(
                     request.remote,
-                    request.headers.get("X-Forwarded-For"),
+                    forwarded_for(request.headers.getall("X-Forwarded-For", ())),
                     config.trusted_proxies,
                 ),
                 user_agent=request.headers.get("User-Agent"),

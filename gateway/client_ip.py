@@ -38,6 +38,13 @@ def _trusted(
     return _trusted_cached(address, tuple(nets))
 
 
+def forwarded_for(lines: Sequence[str]) -> str | None:
+    """Every `X-Forwarded-For` header line as one list. A proxy may append its own line (HAProxy's
+    `option forwardfor`) instead of extending the client's: RFC 9110 §5.3 reads repeated lines
+    as one comma-joined list, and reading only the first would take the client-written one."""
+    return ", ".join(lines) if lines else None
+
+
 def client_ip(
     peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
 ) -> str | None:
