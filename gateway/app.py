@@ -83,7 +83,7 @@ def create_app(config: Config) -> web.Application:
     # CORS layer at all (one coroutine less per hit) when no origin is allowed.
     middlewares: list[Middleware] = [_never_a_500]
     if config.allowed_origins:
-        middlewares.insert(0, cors_middleware(config.allowed_origins))
+        middlewares.insert(0, cors_middleware(config.allowed_origins, _browser_paths(config)))
     if (port := ops_port(config)) is not None:
         middlewares.append(_operators_on(port))
     app = web.Application(
@@ -155,6 +155,16 @@ def _operators_on(port: int) -> Middleware:
         return await handler(request)
 
     return operators_only
+
+
+def _browser_paths(config: Config) -> set[str]:
+    """The routes browser tags call: the pixel sources' and the first-party scripts'."""
+    paths = {script.path for script in config.scripts}
+    for name, settings in config.sources.items():
+        source = source_types.TYPES[name](settings)
+        if not isinstance(source, ServerSource):
+            paths.update(path for _, path in source.routes())
+    return paths
 
 
 @web.middleware

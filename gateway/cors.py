@@ -9,7 +9,7 @@ CORS. Two kinds do: TikTok's pixel POSTs `application/json`, which triggers a pr
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -28,12 +28,16 @@ def normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
-def cors_middleware(allowed_origins: Sequence[str]) -> Middleware:
-    """A middleware that answers preflights and adds CORS headers for `allowed_origins` only.
+def cors_middleware(
+    allowed_origins: Sequence[str], paths: Collection[str] | None = None
+) -> Middleware:
+    """A middleware that answers preflights and adds CORS headers for `allowed_origins` only,
+    on `paths` only (None: every path). The app passes the browser tag routes: `/admin`, the
+    server API and the probes are never read cross-origin, least of all with credentials.
 
     - A preflight (`OPTIONS` with `Access-Control-Request-Method`) from an allowed origin is
-      answered here with 204, for any path: the router has no OPTIONS routes, and a preflight
-      answer reveals nothing a GET would not.
+      answered here with 204, for any of those paths: the router has no OPTIONS routes, and a
+      preflight answer reveals nothing a GET would not.
     - A preflight from any other origin, or without `Origin`, gets 403 with no CORS headers, so
       the refusal shows plainly in the browser's console and in access logs.
     - Any other request from an allowed origin gets `Access-Control-Allow-Origin` (the origin
@@ -46,9 +50,12 @@ def cors_middleware(allowed_origins: Sequence[str]) -> Middleware:
     middlewares make up (the 503 of `_never_a_500`).
     """
     allowed = frozenset(normalize_origin(o) for o in allowed_origins if o.strip())
+    only = frozenset(paths) if paths is not None else None
 
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if only is not None and request.path not in only:
+            return await handler(request)
         origin = request.headers.get(hdrs.ORIGIN)
         is_allowed = origin is not None and normalize_origin(origin) in allowed
         if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in (

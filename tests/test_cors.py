@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -205,3 +206,39 @@ async def test_vary_merged_with_the_handlers(start_app: StartApp) -> None:
     resp = await client.get("/varied", headers={"Origin": SHOP})
     assert resp.headers["Vary"] == "Accept-Encoding, Origin"
     assert resp.headers.getall("Vary") == ["Accept-Encoding, Origin"]
+
+
+# --- which routes (the real app) ---------------------------------------------------------------
+
+APP_CONFIG = """
+allowed_origins: [https://shop.example]
+admin: {token: admin-token-0123456789}
+destinations:
+  audit: {type: dry_run}
+sources:
+  meta_pixel: {send_to: [audit]}
+  server: {send_to: [audit], api_keys: [test-api-key-0001]}
+"""
+
+
+async def test_cors_only_on_the_browser_tag_routes(
+    start_gateway: Callable[..., Awaitable[Any]], make_config: Callable[[str], Any]
+) -> None:
+    # /admin with Allow-Credentials for the shop's origin would let a script on the shop read
+    # the admin page with an operator's saved Basic credentials.
+    gw = await start_gateway(make_config(APP_CONFIG))
+    hit = await gw.client.get("/tr/?id=1&ev=PageView", headers={"Origin": SHOP})
+    assert hit.headers["Access-Control-Allow-Origin"] == SHOP  # control: CORS is on
+    auth = {"Authorization": "Bearer admin-token-0123456789"}
+    for path in ("/admin", "/healthz", "/readyz", "/metrics"):
+        resp = await gw.client.get(path, headers={"Origin": SHOP, **auth})
+        assert resp.status == 200, path
+        assert acah_headers(resp.headers) == set(), path
+    api = await gw.client.post("/v1/events", json={"events": []}, headers={"Origin": SHOP})
+    assert acah_headers(api.headers) == set()
+    for path in ("/admin", "/v1/events"):
+        pre = await gw.client.options(path, headers=preflight_headers(SHOP))
+        assert pre.status != 204, path
+        assert acah_headers(pre.headers) == set(), path
+    pre = await gw.client.options("/tr/", headers=preflight_headers(SHOP))
+    assert pre.status == 204
