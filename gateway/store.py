@@ -370,7 +370,7 @@ def lock_file(path: str) -> int:
     the second must not start. `flock` locks are apart from SQLite's own (POSIX) locks and
     die with the process, `kill -9` included. Taken before SQLite opens the file, so that
     closing this descriptor on failure cannot drop a lock of SQLite's."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -382,6 +382,16 @@ def lock_file(path: str) -> int:
             ) from exc
         raise
     return fd
+
+
+def _create_private(path: str) -> None:
+    """Create the file 0600 if it is new: it holds IP addresses, user agents and hashes.
+    SQLite gives `-wal` and `-shm` the main file's mode. An existing file keeps its mode (an
+    operator may have chosen group access for backups)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class Store:
@@ -416,6 +426,7 @@ class Store:
         `exclusive` (what `serve` asks for) holds the file for the process's life: a second
         opener that asks too gets StoreLocked. The commands (`replay`, ...) do not ask."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         lock_fd = lock_file(path) if exclusive else None
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

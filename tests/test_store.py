@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -227,3 +229,22 @@ async def test_the_48_hours_count_from_the_last_send(tmp_path: Path) -> None:
         assert fresh.queued == 1
     finally:
         await store.close()
+
+
+async def test_files_are_private_to_the_owner(tmp_path: Path) -> None:
+    # They hold IP addresses, user agents and hashed emails: 0600 whatever the umask (0022 made
+    # all three 0644).
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "s.sqlite3"
+        store = await Store.open(str(path))
+        try:
+            await store.add([event("a")])
+            files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+            assert all(f.exists() for f in files)  # control: the WAL and its index exist
+            modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
+            assert modes == {f.name: 0o600 for f in files}
+        finally:
+            await store.close()
+    finally:
+        os.umask(old)
