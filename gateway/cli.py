@@ -14,6 +14,7 @@ import orjson
 from gateway import config as config_module
 from gateway.config import Config, ConfigError
 from gateway.storage import Storage
+from gateway.terminal import printable
 from gateway.times import iso, parse_time
 
 
@@ -350,13 +351,16 @@ async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
             out.write(orjson.dumps(record).decode() + "\n")
             continue
         out.write(
-            f"{record['updated_at']}  {row.destination:<12} {row.status:<15} "
-            f"{row.event_name:<18} {row.event_id}  attempts={row.attempts}"
-            f"{f'  http={row.http_status}' if row.http_status else ''}"
-            f"{f'  {row.message}' if row.message else ''}\n"
+            printable(
+                f"{record['updated_at']}  {row.destination:<12} {row.status:<15} "
+                f"{row.event_name:<18} {row.event_id}  attempts={row.attempts}"
+                f"{f'  http={row.http_status}' if row.http_status else ''}"
+                f"{f'  {row.message}' if row.message else ''}"
+            )
+            + "\n"
         )
         if show_payload:
-            out.write("    " + orjson.dumps(payload).decode() + "\n")
+            out.write("    " + printable(orjson.dumps(payload).decode()) + "\n")
     return 0
 
 

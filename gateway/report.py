@@ -14,6 +14,7 @@ import orjson
 
 from gateway.pipeline import MATCH_KEYS
 from gateway.storage import Storage
+from gateway.terminal import printable
 from gateway.times import iso
 
 COUNTS: Final = ("in", "sent", "duplicates", "dropped_consent", "dropped_rule", "dead", "pending")
@@ -300,13 +301,14 @@ def render(report: Report, out: TextIO) -> None:
     rows = [head]
     for line in report.lines:
         now, then = line.now, line.then
-        cells = [line.destination, line.event_name]
+        cells = [printable(line.destination), printable(line.event_name)]
         cells += [_change(now.counts[c], then.counts[c], False) for c in COUNTS[:-1]]
         cells.append(_change(now.share(now.deduplicable), then.share(then.deduplicable), True))
         cells += [
             _change(now.share(now.keys[k]), then.share(then.keys[k]), True) for k in MATCH_KEYS
         ]
-        cells.append(" ".join(f"{v:.2f} {c}" for c, v in sorted(now.values.items())) or "-")
+        values = " ".join(f"{v:.2f} {c}" for c, v in sorted(now.values.items()))
+        cells.append(printable(values) or "-")
         rows.append(cells)
     _columns(rows, out)
     if report.overlap:
