@@ -99,6 +99,10 @@ class Script(StrictModel):
     upstream: str = Field(pattern=r"^https?://")
     ttl: str = "1h"
     rewrite: dict[str, str] = Field(default_factory=dict)
+    query: tuple[str, ...] | None = None
+    """Request query parameters passed on to the upstream (the first value of each); None:
+    the ones vendor scripts read (`scripts.QUERY_KEYS`). Others, such as cache busters, are
+    ignored, so they cannot each make a fetch and a cache entry."""
 
     @field_validator("ttl")
     @classmethod

@@ -2,13 +2,14 @@
 
 A script served from the shop's own subdomain loads where a blocklist of vendor hosts would stop
 it, and its `rewrite:` pairs can point its hits at the gateway. Only the configured paths are
-proxied, and only to their configured upstreams: the request contributes its query string and
-nothing else (no open proxy, docs/configuration.md).
+proxied, and only to their configured upstreams: the request contributes some of its query
+parameters and nothing else (no open proxy, docs/configuration.md).
 
-The cache keeps the last good copy of every variant (path + query). After `ttl` a request still
-gets the cached copy at once while one background fetch per variant revalidates it against the
-upstream's own `ETag`/`Last-Modified`; when the upstream fails, the last good copy goes on being
-served.
+The cache keeps the last good copy of every variant (path + the query parameters the script
+is built from; others are ignored), and each upstream is fetched once at a time. After `ttl` a
+request still gets the cached copy at once while one background fetch per variant revalidates it
+against the upstream's own `ETag`/`Last-Modified`; when the upstream fails, the last good copy
+goes on being served.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ FETCH_TIMEOUT_S: Final = 10.0
 RETRY_AFTER_S: Final = 30
 """`Retry-After` of a 503, and the longest wait before a failed refresh is tried again."""
 DEFAULT_CONTENT_TYPE: Final = "application/javascript; charset=utf-8"
+QUERY_KEYS: Final = ("id", "l", "gtm_auth", "gtm_preview", "gtm_cookies_win", "sdkid", "lib")
+"""The request's query parameters vendor scripts are built from, when `query:` is not set:
+gtag.js/gtm.js take the tag ID, the dataLayer name and an environment's three; TikTok's
+events.js its pixel code and the global's name. fbevents.js reads none."""
 
 _TTL: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNIT_S: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -72,6 +77,7 @@ class _Route:
     path: str
     upstream: URL
     upstream_keys: frozenset[str]
+    query_keys: tuple[str, ...]
     ttl_s: float
     rewrite: tuple[tuple[bytes, bytes], ...]
 
@@ -131,6 +137,7 @@ class ScriptProxy:
                 path=script.path,
                 upstream=upstream,
                 upstream_keys=frozenset(upstream.query.keys()),
+                query_keys=QUERY_KEYS if script.query is None else script.query,
                 ttl_s=ttl_s,
                 rewrite=tuple(
                     (old.encode(), new.encode()) for old, new in script.rewrite.items() if old
@@ -145,6 +152,8 @@ class ScriptProxy:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
         self._fetching: dict[str, asyncio.Task[_Entry | None]] = {}
+        self._upstream_locks = {path: asyncio.Lock() for path in self._routes}
+        """One fetch at a time per configured upstream, however many variants are asked for."""
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -157,8 +166,12 @@ class ScriptProxy:
         if route is None:  # only configured paths are proxied
             return web.Response(status=404)
         # The upstream's own query parameters are fixed by the config; the request may add
-        # others (`/gtag/js?id=G-…`) but not replace them.
-        extra = [(k, v) for k, v in request.query.items() if k not in route.upstream_keys]
+        # the ones the script is built from (`/gtag/js?id=G-…`), one value each, but not
+        # replace them. The rest (`?cb=<unique>`) would each be a fetch and a cache entry.
+        query = request.query
+        extra = [
+            (k, query[k]) for k in route.query_keys if k in query and k not in route.upstream_keys
+        ]
         url = route.upstream.extend_query(extra)
         key = f"{route.path}?{url.raw_query_string}"
         entry = self._cache.get(key)
@@ -210,7 +223,8 @@ class ScriptProxy:
         old = self._cache.get(key)
         started = self._clock()
         try:
-            entry = await self._download(route, url, old)
+            async with self._upstream_locks[route.path]:
+                entry = await self._download(route, url, old)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

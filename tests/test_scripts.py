@@ -49,6 +49,9 @@ class Upstream:
     fail: bool = False
     delay_s: float = 0.0
     seen: list[Seen] = field(default_factory=list)
+    active: int = 0
+    peak: int = 0
+    """The most requests it was answering at once."""
 
     def url(self, path: str) -> str:
         assert self.server is not None
@@ -61,6 +64,14 @@ class Upstream:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         seen = Seen(request.path, request.query_string, dict(request.headers))
         self.seen.append(seen)
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            return await self._answer(request, seen)
+        finally:
+            self.active -= 1
+
+    async def _answer(self, request: web.Request, seen: Seen) -> web.StreamResponse:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail:
@@ -347,8 +358,44 @@ async def test_upstream_query_is_fixed_and_request_adds_to_it(
     upstream: Upstream, start_proxy: StartProxy
 ) -> None:
     client = await start_proxy(script("/fbevents.js", upstream.url("/fbevents.js?v=2.9.1")))
-    await client.get("/fbevents.js?v=evil&x=1")
-    assert upstream.seen[0].query == "v=2.9.1&x=1"
+    await client.get("/fbevents.js?v=evil&id=1")
+    assert upstream.seen[0].query == "v=2.9.1&id=1"
+
+
+async def test_cache_busting_queries_share_one_fetch(
+    upstream: Upstream, start_proxy: StartProxy
+) -> None:
+    # 200 concurrent `?cb=<unique>` requests made 200 upstream fetches: a query parameter the
+    # script does not use is not forwarded, so they are one variant and one fetch.
+    upstream.delay_s = 0.1
+    client = await start_proxy(script("/fbevents.js", upstream.url("/fbevents.js")))
+    responses = await asyncio.gather(*(client.get(f"/fbevents.js?cb={n}") for n in range(200)))
+    assert [r.status for r in responses] == [200] * 200
+    assert [s.query for s in upstream.seen] == [""]
+    # Repeats of a forwarded key are one variant too (the first value counts).
+    await client.get("/fbevents.js?id=1&id=2&cb=3")
+    await client.get("/fbevents.js?id=1&id=3")
+    assert [s.query for s in upstream.seen] == ["", "id=1"]
+
+
+async def test_configured_query_keys_are_the_only_ones_forwarded(
+    upstream: Upstream, start_proxy: StartProxy
+) -> None:
+    client = await start_proxy(Script(path="/s.js", upstream=upstream.url("/s.js"), query=("v",)))
+    await client.get("/s.js?id=G-1&v=3&cb=9")
+    assert [s.query for s in upstream.seen] == ["v=3"]
+
+
+async def test_one_fetch_at_a_time_per_upstream(
+    upstream: Upstream, start_proxy: StartProxy
+) -> None:
+    # Distinct variants (`id=G-n`) are fetched one after another, never 20 at once.
+    upstream.delay_s = 0.05
+    client = await start_proxy(script("/gtag/js", upstream.url("/gtag/js")))
+    responses = await asyncio.gather(*(client.get(f"/gtag/js?id=G-{n}") for n in range(20)))
+    assert [r.status for r in responses] == [200] * 20
+    assert len(upstream.seen) == 20  # control: 20 fetches happened
+    assert upstream.peak == 1
 
 
 async def test_unknown_path_not_proxied(upstream: Upstream, start_proxy: StartProxy) -> None:
