@@ -184,7 +184,12 @@ async def _never_a_500(
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = app[CONFIG].storage
     store = await open_storage(storage.path, storage.url, storage.synchronous, exclusive=True)
-    released = await store.release_leases()
+    try:
+        released = await store.release_leases()
+    except BaseException:
+        # Close what opened (aiosqlite's thread would keep a failed process alive).
+        await store.close()
+        raise
     if released:
         log.info("store.recovered_in_flight", deliveries=released)
     app[STORE] = store

@@ -82,10 +82,13 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
         )
     except StoreLocked as exc:
         return _refuse(str(exc))
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        return _refuse(f"cannot listen on {bind_host}:{bind_port}: address already in use")
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            return _refuse(f"cannot listen on {bind_host}:{bind_port}: address already in use")
+        # Storage that opened and then failed (its write lock held elsewhere, a full disk):
+        # exit 1 so a restart policy fires, rather than hang on a thread that is still alive.
+        log.error("serve.failed", error=type(exc).__name__, detail=str(exc)[:200])
+        return 1
     log.info("serve.stop")
     return 0
 
