@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from typing import Final, Literal
 
 import orjson
@@ -12,6 +13,9 @@ import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
 LogFormat = Literal["json", "console"]
+REPEAT_EVERY_S: Final = 10.0
+"""The same standard-library log line (logger, message, error type) at most once this often."""
+_MAX_KINDS: Final = 1024
 
 
 class _BadRequests(logging.Filter):
@@ -47,10 +51,12 @@ class _Lines(structlog.BytesLogger):
 
 
 def configure(fmt: LogFormat = "json", level: int = logging.INFO) -> None:
-    """Set up structlog for the process. Call once, before serving."""
+    """Set up structlog for the process, and route the standard library's other records
+    (asyncio's, aiohttp's) through it. Call once, before serving."""
     server_log = logging.getLogger("aiohttp.server")
     if _BAD_REQUESTS not in server_log.filters:
         server_log.addFilter(_BAD_REQUESTS)
+    _bridge_stdlib()
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -75,3 +81,52 @@ def configure(fmt: LogFormat = "json", level: int = logging.INFO) -> None:
         logger_factory=lambda *args: _Lines(sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
+
+
+class _StdlibBridge(logging.Handler):
+    """Standard-library records as one structlog line each, rate-limited per kind.
+
+    asyncio logs every failed accept (`Too many open files`) with a traceback, and aiohttp
+    anything but a bad request (`_BadRequests`) the same way: unbounded, multi-line, not JSON. A
+    record keeps its logger name, its message template's first line and its error's type;
+    never the template's arguments (aiohttp's carry the peer's IP address), the error's text
+    (it quotes the request's bytes) or the traceback. A kind seen within REPEAT_EVERY_S is
+    counted, and the count goes out with its next line (`repeated`)."""
+
+    def __init__(self, every_s: float = REPEAT_EVERY_S) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._seen: dict[tuple[str, str, str | None], tuple[float, int]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = str(record.msg).split("\n", 1)[0][:200]
+        key = (record.name, message, type(exc).__name__ if exc is not None else None)
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self._every_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return
+        if len(self._seen) >= _MAX_KINDS:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        fields: dict[str, object] = {"logger": record.name, "message": message}
+        if exc is not None:
+            fields["error"] = type(exc).__name__
+            if isinstance(exc, OSError) and exc.errno is not None:
+                fields["errno"] = exc.errno
+        if last is not None and last[1]:
+            fields["repeated"] = last[1]
+        try:
+            structlog.get_logger("gateway.stdlib").log(record.levelno, "log", **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def _bridge_stdlib() -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibBridge())
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
