@@ -189,10 +189,11 @@ def user_properties(event: Event) -> dict[str, JSON]:
     36-char values, 25 of them); anything dropped or cut is logged."""
     raw = event.ga4.user_properties if event.ga4 else {}
     out: dict[str, JSON] = {}
+    dropped: list[str] = []
     for name, value in raw.items():
         valid = isinstance(name, str) and _PROPERTY.fullmatch(name) and _scalar(value)
         if not valid or name.startswith(_RESERVED_PREFIXES) or len(out) >= MAX_PARAMS:
-            log.warning("ga4.user_property_dropped", event_id=event.event_id, name=str(name)[:64])
+            dropped.append(str(name))
             continue
         if isinstance(value, str) and len(value) > PROPERTY_VALUE_LIMIT:
             log.warning(
@@ -204,6 +205,13 @@ def user_properties(event: Event) -> dict[str, JSON]:
             )
             value = value[:PROPERTY_VALUE_LIMIT]
         out[name] = {"value": value}
+    if dropped:  # one line per event, not one per property
+        log.warning(
+            "ga4.user_properties_dropped",
+            event_id=event.event_id,
+            count=len(dropped),
+            names=[n[:64] for n in dropped[:10]],
+        )
     return out
 
 
@@ -239,18 +247,27 @@ def event_params(event: Event) -> dict[str, JSON]:
         "event_id": event.event_id,
     }
     params = {k: _fit(event.event_id, k, v) for k, v in standard.items() if v is not None}
+    invalid: list[str] = []
+    over: list[str] = []
     for key, value in custom.extra.items():
         if key in standard:
             continue
         if not _valid_name(key) or not _scalar(value):
-            log.warning(
-                "ga4.param_dropped", event_id=event.event_id, param=key[:64], reason="invalid"
-            )
-            continue
-        if len(params) >= MAX_PARAMS:
-            log.warning("ga4.param_dropped", event_id=event.event_id, param=key, reason="over 25")
-            continue
-        params[key] = _fit(event.event_id, key, value)
+            invalid.append(key)
+        elif len(params) >= MAX_PARAMS:
+            over.append(key)
+        else:
+            params[key] = _fit(event.event_id, key, value)
+    if invalid or over:
+        # One line per event, never one per parameter: a hostile hit carries thousands.
+        log.warning(
+            "ga4.params_dropped",
+            event_id=event.event_id,
+            invalid=[k[:64] for k in invalid[:10]],
+            invalid_count=len(invalid),
+            over_limit=len(over),
+            names=[k[:64] for k in over[:10]],
+        )
     return params
 
 
