@@ -25,7 +25,7 @@ from gateway.sources.coerce import (
     text_or_none,
     url_param,
 )
-from gateway.sources.forms import form_pairs
+from gateway.sources.forms import form_fields
 from gateway.sources.ga4 import client_id_from_cookie
 
 GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -139,14 +139,18 @@ class MetaPixel(Source):
 
     def parse(self, hit: Hit) -> Parsed:
         params: MultiDict[str] = MultiDict(hit.query)
+        dropped = 0
         if hit.method == "POST":
             # Body values win over the query string; both may carry parameters.
-            for key, value in form_pairs(hit.body, hit.content_type):
+            pairs, dropped = form_fields(hit.body, hit.content_type)
+            for key, value in pairs:
                 params.popall(key, None)
                 params.add(key, value)
         pixel_id: str | None = params.get("id")
         ev: str | None = params.get("ev")
         notes = {k: str(params[k])[:64] for k in ("id", "rqm", "a") if params.get(k)}
+        if dropped:  # said once, on the hit's own log line
+            notes["dropped_params"] = str(dropped)
         if not pixel_id or not ev:
             return Parsed(outcome=Outcome.IGNORED, reason="no id or ev", notes=notes)
 
