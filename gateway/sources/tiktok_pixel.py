@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -31,6 +32,10 @@ _NOT_EVENTS: Final = frozenset({"EnrichAM"})
 # (Meta rejects a whole batch over one event older than 7 days, docs/platforms.md §0).
 _MAX_AGE_S: Final = 7 * 24 * 3600
 _MAX_AHEAD_S: Final = 300
+MAX_PROPERTIES: Final = 100
+"""Custom (untyped) properties carried from one event; the rest are counted on the hit's log
+line. Each is checked for personal data and written into every payload: 40,000 of them
+blocked the loop for a quarter of a second (bench/hostile.py)."""
 MAX_CONTENTS: Final = 200
 """Line items read from one event (GA4's item limit; TikTok documents none)."""
 _TYPED_PROPERTIES: Final = frozenset(
@@ -157,11 +162,15 @@ def _custom(properties: Mapping[str, Any]) -> Custom:
         content_name=text_or_none(properties.get("content_name"), 256),
         content_category=text_or_none(properties.get("content_category"), 256),
         search_string=text_or_none(properties.get("query") or properties.get("search_string")),
-        extra={
-            k: v
-            for k, v in properties.items()
-            if k not in _TYPED_PROPERTIES and k not in _SDK_PROPERTIES
-        },
+        extra=dict(itertools.islice(_untyped(properties), MAX_PROPERTIES)),
+    )
+
+
+def _untyped(properties: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    return (
+        (k, v)
+        for k, v in properties.items()
+        if k not in _TYPED_PROPERTIES and k not in _SDK_PROPERTIES
     )
 
 
@@ -203,6 +212,11 @@ class TikTokPixel(Source):
         event = self._event(hit, _obj(document))
         if event is None:
             return Parsed(outcome=Outcome.IGNORED, reason="no event", notes=notes)
+        properties = _obj(_obj(document).get("properties"))
+        # Said once, on the hit's own log line.
+        untyped = sum(1 for _ in _untyped(properties)) if len(properties) > MAX_PROPERTIES else 0
+        if untyped > MAX_PROPERTIES:
+            notes["dropped_params"] = str(untyped - MAX_PROPERTIES)
         if event.tiktok and event.tiktok.pixel_code:
             notes["pixel_code"] = event.tiktok.pixel_code
         return Parsed(events=[event], notes=notes, carried=_carried(document))

@@ -7,10 +7,12 @@ from decimal import Decimal
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import orjson
+import pytest
 from multidict import MultiDict, MultiDictProxy
 
 from gateway.event import Content, TikTokExtras
 from gateway.settings import SourceSettings
+from gateway.sources import tiktok_pixel
 from gateway.sources.base import Hit, Outcome
 from gateway.sources.meta_pixel import GIF
 from gateway.sources.tiktok_pixel import TikTokPixel, decode_message, event_time
@@ -316,3 +318,23 @@ def test_absurd_amounts_are_dropped_not_carried() -> None:
     (event,) = source.parse(event_of(body)).events
     assert event.custom.value is None
     assert event.custom.contents == (Content(id="a"),)
+
+
+def test_properties_past_the_bound_are_dropped_and_counted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 40,000 properties blocked the loop for 0.2-0.5 s (each is checked for personal data and
+    # written into every payload); the typed ones are read wherever they stand.
+    properties: dict[str, object] = {f"p{i}": "v" for i in range(40_000)}
+    properties["value"] = "12.5"
+    body = with_event("ViewContent", properties=properties)
+    parsed = source.parse(event_of(body))
+    (event,) = parsed.events
+    assert event.custom.value == Decimal("12.5")
+    assert len(event.custom.extra) == tiktok_pixel.MAX_PROPERTIES
+    assert list(event.custom.extra)[:2] == ["p0", "p1"]
+    assert parsed.notes["dropped_params"] == str(40_000 - tiktok_pixel.MAX_PROPERTIES)
+    # Control: with the bound lifted every property is carried (the old behaviour).
+    monkeypatch.setattr(tiktok_pixel, "MAX_PROPERTIES", 10**9)
+    (event,) = source.parse(event_of(body)).events
+    assert len(event.custom.extra) == 40_000
