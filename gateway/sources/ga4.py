@@ -24,8 +24,12 @@ from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome, Parsed, Source
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
 
-MAX_EVENTS: Final = 1000
-"""Lines read from one POST body (the server API's batch limit); gtag sends far fewer."""
+MAX_EVENTS: Final = 50
+"""Lines read from one POST body, twice what a Measurement Protocol request takes (25); gtag
+sends a handful. Each line is an event built and stored: 1,000 of them held the loop for
+seconds (bench/hostile.py)."""
+MAX_PARAMS: Final = 300
+"""Parameters read from one line: 200 items (`pr1`…), 25 custom ones and the standard set fit."""
 MAX_ITEMS: Final = 200
 """`pr1`…`pr200`: GA4 keeps at most 200 items an event."""
 
@@ -123,9 +127,13 @@ def _lines(body: bytes) -> list[str]:
     return [line for line in text.split("\n") if line.strip()]
 
 
-def _merged(shared: MultiDict[str], line: str) -> MultiDict[str]:
-    """The query's params with every key the line has replaced by the line's value(s)."""
-    own = parse_qsl(line.strip(), keep_blank_values=True)
+def _merged(shared: MultiDict[str], line: str, dropped: list[int]) -> MultiDict[str]:
+    """The query's params with every key the line has replaced by the line's value(s); the
+    line's parameters past MAX_PARAMS are counted into `dropped[0]`, not read."""
+    fields = line.strip().split("&", MAX_PARAMS)
+    if len(fields) > MAX_PARAMS:
+        dropped[0] += fields.pop().count("&") + 1
+    own = parse_qsl("&".join(fields), keep_blank_values=True)
     params = shared.copy()
     for key in {key for key, _ in own}:
         params.popall(key, None)
@@ -294,7 +302,10 @@ class Ga4(Source):
     def parse(self, hit: Hit) -> Parsed:
         shared: MultiDict[str] = MultiDict(hit.query)
         lines = _lines(hit.body)
-        batches = [_merged(shared, line) for line in lines[:MAX_EVENTS]] if lines else [shared]
+        unread = [0]
+        batches = (
+            [_merged(shared, line, unread) for line in lines[:MAX_EVENTS]] if lines else [shared]
+        )
         raw = RawHit(
             vendor="ga4",
             method=hit.method,
@@ -321,6 +332,8 @@ class Ga4(Source):
             notes["skipped"] = str(skipped)
         if len(lines) > MAX_EVENTS:
             notes["dropped"] = str(len(lines) - MAX_EVENTS)
+        if unread[0]:  # said once, on the hit's own log line
+            notes["dropped_params"] = str(unread[0])
         if not events:
             return Parsed(
                 outcome=Outcome.MALFORMED, reason="no event with tid, cid and en", notes=notes

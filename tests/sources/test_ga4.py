@@ -5,9 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
 from multidict import MultiDict, MultiDictProxy
 
 from gateway.event import Content, Ga4Extras
+from gateway.sources import ga4
 from gateway.sources.base import Hit, Outcome
 from gateway.sources.ga4 import Ga4, Ga4Settings
 
@@ -317,3 +319,22 @@ def test_absurd_amounts_are_dropped_not_carried() -> None:
     assert event.custom.value is None
     assert event.custom.contents == (Content(id="A", quantity=1),)
     assert event.custom.extra == {"big": "1e1000000"}  # not a JSON number: kept as text
+
+
+def test_lines_and_params_past_the_bounds_are_counted_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 1,000 lines of 100 parameters kept the loop busy for 2-3 s: each line is an event that
+    # is checked, built into every payload and stored (bench/hostile.py).
+    line = "en=page_view&" + "&".join(f"ep.p{i}=v" for i in range(100))
+    parsed = source.parse(post(SHARED, *(f"{line}&_et={n}" for n in range(1000))))
+    assert len(parsed.events) == ga4.MAX_EVENTS
+    assert parsed.notes["dropped"] == str(1000 - ga4.MAX_EVENTS)
+    wide = "en=page_view&ep.event_id=w-1&" + "&".join(f"ep.q{i}=v" for i in range(5000))
+    parsed = source.parse(post(SHARED, wide))
+    (event,) = parsed.events
+    assert event.event_id == "w-1"  # read: it came before the bound
+    assert parsed.notes["dropped_params"] == str(5002 - ga4.MAX_PARAMS)
+    # Control: with the bounds lifted every line is an event (the old behaviour).
+    monkeypatch.setattr(ga4, "MAX_EVENTS", 10**9)
+    assert len(source.parse(post(SHARED, *(f"{line}&_et={n}" for n in range(300)))).events) == 300
