@@ -24,15 +24,15 @@ Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
 
 CONFIG = """
-admin: {token: s3cret-admin}
+admin: {token: s3cret-admin-0123456789}
 destinations:
   audit: {type: dry_run}
 sources:
   meta_pixel: {send_to: [audit]}
   ga4: {send_to: [audit]}
-  server: {send_to: [audit], api_keys: [key-1]}
+  server: {send_to: [audit], api_keys: [key-1-0123456789abc]}
 """
-AUTH = {"Authorization": "Bearer key-1"}
+AUTH = {"Authorization": "Bearer key-1-0123456789abc"}
 FBP = "fb.1.1795000000000.111111111"
 UA = {"User-Agent": "Mozilla/5.0 (X11)"}
 
@@ -162,7 +162,7 @@ async def test_one_ruler_for_meta_google_and_the_rest(
     assert "(unattributed)" in out
 
     # The same table on /admin, for the last 30 days.
-    page = await gw.client.get("/admin", headers={"Authorization": "Bearer s3cret-admin"})
+    page = await gw.client.get("/admin", headers={"Authorization": "Bearer s3cret-admin-0123456789"})
     html = await page.text()
     assert '<tr data-channel="meta" data-campaign="spring">' in html
     assert "last 30 days" in html

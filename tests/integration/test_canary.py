@@ -170,7 +170,7 @@ sources:
   meta_pixel: {{send_to: {every}}}
   ga4: {{send_to: {every}}}
   tiktok_pixel: {{send_to: {every}}}
-  server: {{send_to: {every}, api_keys: [k]}}
+  server: {{send_to: {every}, api_keys: [test-api-key-0001]}}
 """
     )
 
@@ -313,7 +313,7 @@ async def _send(gw: Gateway, source: str, case: str, c: Canaries, eid: str) -> N
             "consent": denied if case != "granted" else {},
         }
         response = await gw.client.post(
-            "/v1/events", json={"events": [event]}, headers={"Authorization": "Bearer k"}
+            "/v1/events", json={"events": [event]}, headers={"Authorization": "Bearer test-api-key-0001"}
         )
     assert response.status in (200, 202, 204), (source, response.status)
 

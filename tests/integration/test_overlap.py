@@ -23,14 +23,14 @@ Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
 
 CONFIG = """
-admin: {token: s3cret-admin}
+admin: {token: s3cret-admin-0123456789}
 destinations:
   audit: {type: dry_run}
 sources:
   meta_pixel: {send_to: [audit]}
-  server: {send_to: [audit], api_keys: [key-1]}
+  server: {send_to: [audit], api_keys: [key-1-0123456789abc]}
 """
-AUTH = {"Authorization": "Bearer key-1"}
+AUTH = {"Authorization": "Bearer key-1-0123456789abc"}
 
 
 async def pixel(gw: Gateway, *ids: str) -> None:
@@ -118,7 +118,7 @@ async def test_report_json_carries_the_overlap(
     code, out, _ = await command(["report", "--config", str(cfg), "--since", "1h"], capsys)
     assert code == 0
     assert "purchase  3        3        2     67%" in out
-    page = await gw.client.get("/admin", headers={"Authorization": "Bearer s3cret-admin"})
+    page = await gw.client.get("/admin", headers={"Authorization": "Bearer s3cret-admin-0123456789"})
     html = await page.text()
     assert 'data-event="purchase" data-coverage="0.6667"' in html
     assert 'class="goal"' in html

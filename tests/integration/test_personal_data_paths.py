@@ -65,7 +65,7 @@ sources:
   meta_pixel: {{send_to: [meta, meta_forward]}}
   ga4: {{send_to: [ga4, ga4_forward]}}
   tiktok_pixel: {{send_to: [tiktok]}}
-  server: {{send_to: [meta, ga4], api_keys: [k]}}
+  server: {{send_to: [meta, ga4], api_keys: [test-api-key-0001]}}
 {extra}
 """
     )
@@ -139,7 +139,7 @@ async def test_an_email_in_a_page_url_is_neither_stored_nor_sent(
                 }
             ]
         },
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert (meta.status, ga4.status, tiktok.status, server.status) == (200, 204, 200, 202)
     await _settle(gw, 7)
@@ -290,7 +290,7 @@ consent: {default: granted}
 destinations:
   dry_run: {type: dry_run}
 sources:
-  server: {send_to: [dry_run], api_keys: [k]}
+  server: {send_to: [dry_run], api_keys: [test-api-key-0001]}
 """
     gw = await start_gateway(make_config(text))
     denied = dict.fromkeys(
@@ -321,7 +321,7 @@ sources:
                 event("o-granted", "granted.person@example.com", {}),
             ]
         },
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert response.status == 202
     await _settle(gw, 2)
@@ -368,7 +368,7 @@ destinations:
 sources:
   ga4: {{send_to: [ga4, audit, ga4_forward]}}
   tiktok_pixel: {{send_to: [tiktok]}}
-  server: {{send_to: [ga4, tiktok, audit], api_keys: [k]}}
+  server: {{send_to: [ga4, tiktok, audit], api_keys: [test-api-key-0001]}}
 """
     phone = "+44 20 7946 0958"
     gw = await start_gateway(make_config(text))
@@ -412,7 +412,7 @@ sources:
                 }
             ]
         },
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert (ga4.status, tiktok.status, server.status) == (204, 200, 202)
     await _settle(gw, 6)
