@@ -446,11 +446,19 @@ class Store:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        await reader.execute("PRAGMA busy_timeout=5000")
-        store = cls(path, conn, reader)
-        store._lock_fd = lock_fd
-        await _until_free(store._init_ids)
-        store.visitor_secret = await _until_free(lambda: _secret(conn))
+        try:
+            await reader.execute("PRAGMA busy_timeout=5000")
+            store = cls(path, conn, reader)
+            store._lock_fd = lock_fd
+            await _until_free(store._init_ids)
+            store.visitor_secret = await _until_free(lambda: _secret(conn))
+        except BaseException:
+            # aiosqlite's reader thread would keep a process that failed to start alive.
+            await reader.close()
+            conn.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
         store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
         return store
 
