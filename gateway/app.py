@@ -298,7 +298,7 @@ def _browser_handler(
         event_ids: list[str] = []
         names: list[str] = []
         try:
-            body = await request.read() if request.can_read_body else b""
+            body = await _read_body(request) if request.can_read_body else b""
             body = decode_body(
                 body, request.headers.get("Content-Encoding"), config.listen.max_body_bytes
             )
@@ -306,6 +306,8 @@ def _browser_handler(
             outcome, body = Outcome.TOO_LARGE, None
         except (EncodingError, RequestPayloadError):  # not what its Content-Encoding says
             outcome, body = Outcome.MALFORMED, None
+        except TimeoutError:
+            outcome, body = Outcome.TOO_SLOW, None
         if body is not None:
             hit = Hit(
                 method=request.method,
@@ -346,9 +348,18 @@ def _browser_handler(
         response = source.answer(hit)
         if cookie_plan is not None:
             cookie_plan.apply(response)
+        if outcome is Outcome.TOO_SLOW:
+            response.force_close()  # the rest of the body may still be on its way
         return response
 
     return handle
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, or TimeoutError once `listen.body_timeout_s` has passed since its
+    headers: aiohttp waits for a body as long as its client keeps the connection open."""
+    async with asyncio.timeout(request.app[CONFIG].listen.body_timeout_s):
+        return await request.read()
 
 
 async def _ingest(
@@ -493,7 +504,13 @@ def _server_handler(
             return answer(request, 401, {"error": "missing or wrong API key"}, "unauthorized")
         limit = request.app[CONFIG].listen.max_body_bytes
         try:
-            body = decode_body(await request.read(), request.headers.get("Content-Encoding"), limit)
+            body = decode_body(
+                await _read_body(request), request.headers.get("Content-Encoding"), limit
+            )
+        except TimeoutError:
+            slow = answer(request, 408, {"error": "body not received in time"}, "too_slow")
+            slow.force_close()
+            return slow
         except web.HTTPRequestEntityTooLarge:
             return answer(
                 request, 413, {"error": f"body over {limit} bytes"}, str(Outcome.TOO_LARGE)

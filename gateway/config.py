@@ -61,6 +61,16 @@ class Listen(StrictModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     ops: OpsListen | None = None
     """None: the operator's routes are on the public listener, as they always were."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """A new connection must have sent its first request's headers within this."""
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """A request's body must have arrived within this once its headers did."""
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    """An idle kept-alive connection is closed after this (and a next request slower than it)."""
+    max_connections: int = Field(default=900, ge=1, le=1_000_000)
+    """Open client connections at most; past it, the oldest one that has not yet sent its
+    headers makes room, else the new one is closed. Keep it under the descriptor limit
+    (`ulimit -n`, often 1,024): storage and the platforms' connections need some too."""
 
 
 class OutageBuffer(StrictModel):

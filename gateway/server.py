@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import os
@@ -14,10 +15,12 @@ from typing import Final
 
 import structlog
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
 
 from gateway import logs
 from gateway.app import create_app, ops_port
-from gateway.config import EMBEDDED, Config
+from gateway.config import EMBEDDED, Config, Listen
+from gateway.guard import ConnectionGuard
 from gateway.store import StoreLocked
 
 log = structlog.get_logger("gateway.server")
@@ -69,17 +72,11 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
             if exc.errno != errno.EADDRINUSE:
                 raise
             return _refuse(f"cannot listen on {ops_host}:{ops.port}: address already in use")
+    main = loop.create_task(_run(app, bind_host, bind_port, config.listen, ops_sockets))
     try:
-        web.run_app(
-            app,
-            host=bind_host,
-            port=bind_port,
-            sock=ops_sockets or None,
-            print=None,
-            access_log=None,
-            shutdown_timeout=2.0,
-            loop=loop,
-        )
+        loop.run_until_complete(main)
+    except (GracefulExit, KeyboardInterrupt):
+        pass
     except StoreLocked as exc:
         return _refuse(str(exc))
     except Exception as exc:
@@ -89,6 +86,8 @@ def serve(config: Config, host: str | None, port: int | None, log_format: str) -
         # exit 1 so a restart policy fires, rather than hang on a thread that is still alive.
         log.error("serve.failed", error=type(exc).__name__, detail=str(exc)[:200])
         return 1
+    finally:
+        _close_loop(loop, main)
     log.info("serve.stop")
     return 0
 
@@ -118,6 +117,54 @@ def _storage_problem(config: Config) -> str | None:
             f"({exc.strerror}): give that user write access to it (in a container, to /data)"
         )
     return None
+
+
+async def _run(
+    app: web.Application, host: str, port: int, listen: Listen, socks: list[socket.socket]
+) -> None:
+    """What `web.run_app` does, with every accepted connection going through a
+    ConnectionGuard (aiohttp has no header timeout and no connection cap of its own). The
+    operator's sockets get a guard of their own, so a flood on the public port cannot crowd
+    them out."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=True,
+        access_log=None,
+        shutdown_timeout=2.0,
+        keepalive_timeout=listen.keepalive_timeout_s,
+    )
+    await runner.setup()
+    servers: list[asyncio.Server] = []
+    try:
+        assert runner.server is not None
+        loop = asyncio.get_running_loop()
+        guard = ConnectionGuard(runner.server, listen.max_connections, listen.header_timeout_s)
+        servers.append(
+            await loop.create_server(guard.factory(), host, port, reuse_address=True, backlog=128)
+        )
+        for sock in socks:
+            ops = ConnectionGuard(runner.server, 64, listen.header_timeout_s)
+            servers.append(await loop.create_server(ops.factory(), sock=sock, backlog=128))
+        await asyncio.Event().wait()  # until SIGTERM or SIGINT (GracefulExit)
+    finally:
+        for server in servers:
+            server.close()
+        await runner.cleanup()
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop, main: asyncio.Task[None]) -> None:
+    """As run_app leaves it: the main task's cleanup run (the app's cleanups drain the
+    workers and the store), then whatever is left cancelled and the loop closed."""
+    if not main.done():
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(main)
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 async def _settle_gc(app: web.Application) -> None:

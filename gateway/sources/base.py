@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # not an event (a telemetry beacon, a sandbox registration)
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"
+    TOO_SLOW = "too_slow"  # the body did not arrive within listen.body_timeout_s
     STORE_ERROR = "store_error"
 
 

@@ -162,7 +162,9 @@ async def test_one_ruler_for_meta_google_and_the_rest(
     assert "(unattributed)" in out
 
     # The same table on /admin, for the last 30 days.
-    page = await gw.client.get("/admin", headers={"Authorization": "Bearer s3cret-admin-0123456789"})
+    page = await gw.client.get(
+        "/admin", headers={"Authorization": "Bearer s3cret-admin-0123456789"}
+    )
     html = await page.text()
     assert '<tr data-channel="meta" data-campaign="spring">' in html
     assert "last 30 days" in html

@@ -313,7 +313,9 @@ async def _send(gw: Gateway, source: str, case: str, c: Canaries, eid: str) -> N
             "consent": denied if case != "granted" else {},
         }
         response = await gw.client.post(
-            "/v1/events", json={"events": [event]}, headers={"Authorization": "Bearer test-api-key-0001"}
+            "/v1/events",
+            json={"events": [event]},
+            headers={"Authorization": "Bearer test-api-key-0001"},
         )
     assert response.status in (200, 202, 204), (source, response.status)
 

@@ -118,7 +118,9 @@ async def test_report_json_carries_the_overlap(
     code, out, _ = await command(["report", "--config", str(cfg), "--since", "1h"], capsys)
     assert code == 0
     assert "purchase  3        3        2     67%" in out
-    page = await gw.client.get("/admin", headers={"Authorization": "Bearer s3cret-admin-0123456789"})
+    page = await gw.client.get(
+        "/admin", headers={"Authorization": "Bearer s3cret-admin-0123456789"}
+    )
     html = await page.text()
     assert 'data-event="purchase" data-coverage="0.6667"' in html
     assert 'class="goal"' in html
