@@ -212,7 +212,7 @@ sources: {meta_pixel: {send_to: [meta, audit]}}
 cookies: {domain: shop.example}
 scripts:
   - {path: /fbevents.js, upstream: "https://connect.facebook.net/en_US/fbevents.js"}
-admin: {token: admin-secret}
+admin: {token: admin-secret-0123456789}
 rules:
   - redact_url_params: [email]
   - destination: meta
@@ -222,7 +222,7 @@ rules:
     code, lines = check(tmp_path, text, capsys)
     out = "\n".join(lines)
     assert code == 0
-    assert "admin-secret" not in out
+    assert "admin-secret-0123456789" not in out
     assert (
         "  meta: meta_capi pixel 1234567890 via https://graph.facebook.com v25.0\n"
         "    requires ad_storage, ad_user_data (on_denied: drop); events: all;"

@@ -32,7 +32,7 @@ listen: {{host: 127.0.0.1, port: {public}, ops: {{host: 127.0.0.1, port: {ops}}}
 destinations:
   meta: {{type: meta_capi, pixel_id: "1234567890", access_token: tok, endpoint: "http://127.0.0.1:9"}}
 sources: {{meta_pixel: {{send_to: [meta]}}}}
-admin: {{token: admin-token}}
+admin: {{token: admin-token-0123456789}}
 """
 
 
@@ -83,7 +83,7 @@ async def test_the_ops_port_has_the_detail(ports: Ports) -> None:
             assert r.status == 200
             assert "tag_gateway_hits" in await r.text()
         async with session.get(
-            f"{ports.ops}/admin", headers={"Authorization": "Bearer admin-token"}
+            f"{ports.ops}/admin", headers={"Authorization": "Bearer admin-token-0123456789"}
         ) as r:
             assert r.status == 200
 

@@ -20,9 +20,9 @@ CONFIG = """
 destinations:
   audit: {type: dry_run}
 sources:
-  server: {send_to: [audit], api_keys: [key]}
+  server: {send_to: [audit], api_keys: [test-api-key-0001]}
 """
-AUTH = {"Authorization": "Bearer key", "Content-Type": "application/json"}
+AUTH = {"Authorization": "Bearer test-api-key-0001", "Content-Type": "application/json"}
 
 
 def body(event_id: str) -> bytes:

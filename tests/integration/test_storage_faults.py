@@ -45,7 +45,7 @@ destinations:
   audit: {{type: dry_run, requires: []}}
 sources:
   meta_pixel: {{send_to: [audit]}}
-  server: {{send_to: [audit], api_keys: [key]}}
+  server: {{send_to: [audit], api_keys: [test-api-key-0001]}}
 """
     )
     return cfg
@@ -121,7 +121,7 @@ async def test_a_storage_outage_holds_browser_hits_and_readyz_says_so(
             async with session.post(
                 f"{base}/v1/events",
                 json={"events": [api_event("api-1")]},
-                headers={"Authorization": "Bearer key"},
+                headers={"Authorization": "Bearer test-api-key-0001"},
             ) as r:
                 assert r.status == 503
                 assert r.headers["Retry-After"]
@@ -253,7 +253,7 @@ destinations:
   audit: {{type: dry_run, requires: []}}
 sources:
   meta_pixel: {{send_to: [audit]}}
-  server: {{send_to: [audit], api_keys: [key]}}
+  server: {{send_to: [audit], api_keys: [test-api-key-0001]}}
 """,
         "test.yaml",
         {},
@@ -285,7 +285,7 @@ sources:
         r = await gw.client.post(
             "/v1/events",
             json={"events": [api_event("pg-api")]},
-            headers={"Authorization": "Bearer key"},
+            headers={"Authorization": "Bearer test-api-key-0001"},
         )
         assert r.status == 503
         assert r.headers["Retry-After"]
