@@ -28,7 +28,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-API_KEY = "fuzz-key"
+API_KEY = "fuzz-key-0123456789"
 ADMIN_TOKEN = "fuzz-admin-token"
 
 ROUTES = (
