@@ -108,7 +108,7 @@ def _percentile(out: str, pct: str) -> float:
 def gateway_config(tmp: Path, port: int, name: str = "bench", admin: bool = False) -> Path:
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(
-        ("admin: {token: bench-admin}\n" if admin else "")
+        ("admin: {token: bench-admin-0123456789}\n" if admin else "")
         + f"""
 listen: {{host: 127.0.0.1, port: {port}}}
 storage: {{path: {tmp / f"{name}.sqlite3"}}}

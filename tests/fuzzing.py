@@ -29,7 +29,7 @@ import aiohttp
 from yarl import URL
 
 API_KEY = "fuzz-key-0123456789"
-ADMIN_TOKEN = "fuzz-admin-token"
+ADMIN_TOKEN = "fuzz-admin-token-0123"
 
 ROUTES = (
     "/tr",

@@ -303,14 +303,16 @@ destinations:
 {extra}
 sources:
   meta_pixel: {{send_to: [{meta_pixel_to}]}}
-  server: {{send_to: [meta, tiktok, ga4], api_keys: [key-1]}}
+  server: {{send_to: [meta, tiktok, ga4], api_keys: [key-1-0123456789abc]}}
 """
     )
 
 
 async def _post_events(gw: Gateway, *events: dict[str, object]) -> dict[str, object]:
     response = await gw.client.post(
-        "/v1/events", json={"events": list(events)}, headers={"Authorization": "Bearer key-1"}
+        "/v1/events",
+        json={"events": list(events)},
+        headers={"Authorization": "Bearer key-1-0123456789abc"},
     )
     assert response.status == 202
     body: dict[str, object] = await response.json()
@@ -451,7 +453,7 @@ destinations:
     events: [purchase]
     batch: {{max_wait_ms: 0}}
 sources:
-  server: {{send_to: [meta], api_keys: [key-1]}}
+  server: {{send_to: [meta], api_keys: [key-1-0123456789abc]}}
 """
     )
     gw = await start_gateway(cfg)

@@ -28,7 +28,7 @@ async def test_the_preview_page_shows_a_hit_live(
     gw = await start_gateway(
         make_config(
             f"""
-admin: {{token: s3cret-admin}}
+admin: {{token: s3cret-admin-0123456789}}
 destinations:
   meta:
     type: meta_capi
@@ -47,7 +47,7 @@ sources:
         browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             context = await browser.new_context(
-                extra_http_headers={"Authorization": "Bearer s3cret-admin"},
+                extra_http_headers={"Authorization": "Bearer s3cret-admin-0123456789"},
                 viewport={"width": 1366, "height": 900},  # a laptop screen
             )
             page = await context.new_page()

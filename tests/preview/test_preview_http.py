@@ -20,15 +20,15 @@ from tests.conftest import FakePlatform, Gateway, eventually
 Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
 
-ADMIN = {"Authorization": "Bearer adm1n-t0ken"}
+ADMIN = {"Authorization": "Bearer adm1n-t0ken-0123456789"}
 META_TOKEN = "EAAB-meta-secret-token-123"
 GA4_SECRET = "ga4-secret-xyz"
-API_KEY = "backend-key-987"
+API_KEY = "backend-key-987-0123456"
 
 
 def config_text(platform: str, extra: str = "") -> str:
     return f"""
-admin: {{token: adm1n-t0ken}}
+admin: {{token: adm1n-t0ken-0123456789}}
 allowed_origins: [https://www.shop.example]
 cookies: {{domain: shop.example}}
 destinations:
@@ -158,7 +158,7 @@ async def test_a_traced_pixel_hit_shows_request_events_consent_fates_and_attempt
     # The control: Meta itself got the token, the trace never did.
     assert fake_platform.requests[0].json()["access_token"] == META_TOKEN
     text = orjson.dumps(trace).decode()
-    for secret in (META_TOKEN, "reset-abc-123", "adm1n-t0ken"):
+    for secret in (META_TOKEN, "reset-abc-123", "adm1n-t0ken-0123456789"):
         assert secret not in text
 
 
@@ -382,7 +382,7 @@ async def test_a_session_keeps_its_last_200_traces(
 ) -> None:
     gw = await start_gateway(
         make_config(
-            "admin: {token: adm1n-t0ken}\ndestinations: {audit: {type: dry_run}}\n"
+            "admin: {token: adm1n-t0ken-0123456789}\ndestinations: {audit: {type: dry_run}}\n"
             "sources: {meta_pixel: {send_to: [audit]}}\n"
         )
     )
@@ -511,7 +511,7 @@ async def test_no_plaintext_personal_data_or_secret_reaches_a_trace(
         META_TOKEN,
         GA4_SECRET,
         API_KEY,
-        "adm1n-t0ken",
+        "adm1n-t0ken-0123456789",
     ):
         assert needle not in text, needle
     assert "c•••@e•••.org" in text
