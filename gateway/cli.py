@@ -463,11 +463,12 @@ async def _report(cfg: Config, args: argparse.Namespace) -> int:
         )
         print(
             f"{len(below)} line{'s' if len(below) > 1 else ''} below --min-events"
-            f" {min_events} not judged: {lines}",
+            f" {min_events} not judged: {printable(lines)}",
             file=sys.stderr,
         )
     for drop in drops:
-        print(f"dropped more than {args.fail_on_drop:g}%: {drop.text()}", file=sys.stderr)
+        text = printable(drop.text())
+        print(f"dropped more than {args.fail_on_drop:g}%: {text}", file=sys.stderr)
     return 1 if drops else 0
 
 

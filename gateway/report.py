@@ -301,14 +301,14 @@ def render(report: Report, out: TextIO) -> None:
     rows = [head]
     for line in report.lines:
         now, then = line.now, line.then
-        cells = [printable(line.destination), printable(line.event_name)]
+        cells = [line.destination, line.event_name]
         cells += [_change(now.counts[c], then.counts[c], False) for c in COUNTS[:-1]]
         cells.append(_change(now.share(now.deduplicable), then.share(then.deduplicable), True))
         cells += [
             _change(now.share(now.keys[k]), then.share(then.keys[k]), True) for k in MATCH_KEYS
         ]
         values = " ".join(f"{v:.2f} {c}" for c, v in sorted(now.values.items()))
-        cells.append(printable(values) or "-")
+        cells.append(values or "-")
         rows.append(cells)
     _columns(rows, out)
     if report.overlap:
@@ -332,7 +332,7 @@ def render(report: Report, out: TextIO) -> None:
             )
         _columns(rows, out)
         for warning in warnings(report):
-            out.write(warning + "\n")
+            out.write(printable(warning) + "\n")
 
 
 def warnings(report: Report) -> list[str]:
@@ -341,6 +341,7 @@ def warnings(report: Report) -> list[str]:
 
 
 def _columns(rows: list[list[str]], out: TextIO) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]  # names came from the internet
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
