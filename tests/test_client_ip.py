@@ -6,11 +6,9 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 
-import orjson
-
 from gateway.client_ip import client_ip, forwarded_for
 from gateway.config import Config
-from tests.conftest import Gateway, eventually
+from tests.conftest import FakePlatform, Gateway, eventually
 
 Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
@@ -33,16 +31,21 @@ def test_repeated_header_lines_are_one_list() -> None:
 
 
 async def test_a_second_forwarded_for_line_is_read_over_a_socket(
-    start_gateway: Start, make_config: MakeConfig
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform
 ) -> None:
     gw = await start_gateway(
         make_config(
-            """
+            f"""
 trusted_proxies: [127.0.0.1/32]
 destinations:
-  audit: {type: dry_run, format: canonical, batch: {max_wait_ms: 0}}
+  meta:
+    type: meta_capi
+    pixel_id: "1234567890"
+    access_token: TOKEN-abc
+    endpoint: {fake_platform.url}
+    batch: {{max_wait_ms: 0}}
 sources:
-  meta_pixel: {send_to: [audit]}
+  meta_pixel: {{send_to: [meta]}}
 """
         )
     )
@@ -50,8 +53,9 @@ sources:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     # Written by hand: the client forges the first line, the trusted proxy appends the second.
     writer.write(
-        b"GET /tr/?id=1234567890&ev=PageView&eid=xff-1 HTTP/1.1\r\n"
-        b"Host: t.shop.example\r\nUser-Agent: UA\r\n"
+        b"GET /tr/?id=1234567890&ev=PageView&eid=xff-1&dl=https%3A%2F%2Fshop.example%2F"
+        b" HTTP/1.1\r\nHost: t.shop.example\r\nUser-Agent: Mozilla/5.0 (X11)\r\n"
+        b"Cookie: _fbp=fb.1.1748957013743.1524724929324944\r\n"
         b"X-Forwarded-For: 198.51.100.66\r\n"
         b"X-Forwarded-For: 203.0.113.9\r\n"
         b"Connection: close\r\n\r\n"
@@ -59,12 +63,7 @@ sources:
     await writer.drain()
     assert (await reader.read()).startswith(b"HTTP/1.1 200")
     writer.close()
-
-    async def payload() -> bool:
-        rows = await gw.rows("SELECT payload FROM deliveries WHERE status = 'sent'")
-        return bool(rows) and rows[0][0] is not None
-
-    await eventually(payload)
-    (row,) = await gw.rows("SELECT payload FROM deliveries")
-    user = orjson.loads(row[0])["user"]
-    assert user["client_ip_address"] == "203.0.113.9"
+    await writer.wait_closed()
+    await eventually(lambda: len(fake_platform.requests) == 1)
+    (event,) = fake_platform.requests[0].json()["data"]
+    assert event["user_data"]["client_ip_address"] == "203.0.113.9"
