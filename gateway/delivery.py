@@ -1,7 +1,13 @@
 """Moving rows from the outbox to the destinations: one worker per destination.
 
-A worker leases due rows, lets its destination build the requests, makes them, and writes each
-outcome back. It never holds more than one batch in memory, so a million queued events cost
+A worker leases due rows, lets its destination build the requests, makes them (up to the
+destination's `concurrency` at once) and writes each request's outcome back the moment its
+answer arrives, so a crash or a stop resends only what was on the wire. While it holds rows it
+keeps their leases alive: however long a batch takes (split down to its bad events, or GA4's
+one request per visitor), no other slot or replica claims them. On stop, what is on the wire
+gets the grace to finish; every row not finished by then goes back to the queue at once.
+
+It never holds more than a couple of batches in memory, so a million queued events cost
 nothing but disk. One destination failing slows no other: each has its own worker.
 """
 
@@ -11,9 +17,9 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
@@ -28,10 +34,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.delivery")
 
-IN_FLIGHT = 2
-"""Batches one destination may have on the wire at once."""
-IDLE_RECHECK_S = 1.0
+IN_FLIGHT: Final = 2
+"""Batches one destination may have claimed at once (the next is claimed while one is sent)."""
+IDLE_RECHECK_S: Final = 1.0
 """How often an idle worker looks for retries that fell due (a new row wakes it at once)."""
+LEASE_MIN_S: Final = 30.0
+"""A lease lasts this long, or three request timeouts if longer, and is extended every third
+of it while its rows are in hand. On PostgreSQL it is also how long a dead replica's rows wait
+for another replica."""
+WRITE_BACK_S: Final = 1.0
+"""Of a stop's grace, the part kept for writing outcomes and giving rows back."""
+AGE_MARGIN_S: Final = 60.0
+"""The last try of an event comes this long before the platform's age limit (clocks differ)."""
 
 
 def backoff_s(
@@ -41,11 +55,12 @@ def backoff_s(
     retry_after_s: float | None = None,
     rng: random.Random | None = None,
 ) -> float:
-    """Delay before the next try: capped exponential backoff with full jitter, never sooner
-    than the platform's `Retry-After`.
+    """Delay before the next try: `base_ms` doubled with each attempt up to `max_ms`, of which
+    a random half to all (equal jitter: the wait grows with every attempt, and a crowd of rows
+    that failed together spreads out), never sooner than the platform's `Retry-After`.
     """
-    cap = min(max_ms, base_ms * 2 ** max(0, attempt - 1)) / 1000
-    delay = (rng or random).uniform(0, cap)
+    cap = min(max_ms, base_ms * 2 ** min(max(0, attempt - 1), 62)) / 1000
+    delay = (rng or random).uniform(cap / 2, cap)
     return max(delay, retry_after_s or 0.0)
 
 
@@ -80,16 +95,6 @@ class Health:
     def healthy(self) -> bool:
         """False after three transient failures in a row, and while the credentials fail."""
         return self.consecutive_failures < 3 and self.auth_error is None
-
-
-@dataclass(frozen=True, slots=True)
-class _Verdicts:
-    """One verdict per item of a request, with the HTTP facts for the log."""
-
-    items: Sequence[Item]
-    result: Result
-    http_status: int | None
-    latency_ms: float
 
 
 async def transport(
@@ -136,8 +141,19 @@ class Worker:
         """While the credentials fail: when the next probe (one event) may go."""
         self.metrics.auth_failed.labels(destination.name).set(0)
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
+        self._deadline = float("inf")
+        """Loop time past which requests still on the wire are abandoned (set by `stop`)."""
+        self._slots = asyncio.Semaphore(destination.concurrency)
+        self._held: dict[int, float] = {}
+        """Rows this worker has leased and not finished: id → the lease as last written."""
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claim or an extension leases rows for."""
+        return max(LEASE_MIN_S, 3 * self.destination.settings.timeout_ms / 1000)
 
     def wake(self) -> None:
         """New rows were queued for this destination."""
@@ -148,9 +164,14 @@ class Worker:
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.destination.name}")
 
     async def stop(self, grace_s: float) -> None:
-        """Let the batch in flight finish within `grace_s`, then cancel (its lease is released
-        on the next boot, so nothing is lost)."""
+        """Claim nothing more and start no request; let those on the wire finish within
+        `grace_s` (less a moment to write back), record every answer, and give each row not
+        finished back to the queue, due at once (here after a restart, or on another replica).
+        Call it for every worker at once: the grace is one deadline, not one per worker."""
+        loop = asyncio.get_running_loop()
+        self._deadline = min(self._deadline, loop.time() + max(0.0, grace_s - WRITE_BACK_S))
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         if self._task is None:
             return
@@ -161,22 +182,18 @@ class Worker:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        settings = self.destination.settings
-        # A lease outlasts every request one batch can take (a batch split down to its bad
-        # event; GA4's one request per person), or a second slot would claim and send it
-        # again. On PostgreSQL it is also how long a dead replica's batch waits for another.
-        timeout_s = settings.timeout_ms / 1000
-        lease_s = 10.0 + timeout_s * self.destination.requests_per_batch(
-            self.destination.batch_size
-        )
         in_flight: set[asyncio.Task[None]] = set()
+        keeper = asyncio.create_task(self._keep_leases(), name=f"leases-{self.destination.name}")
+        stopped = asyncio.create_task(self._stopped.wait())
         try:
             while not self._stopping:
                 try:
                     self._wake.clear()
                     if len(in_flight) >= IN_FLIGHT:
                         # Both slots busy: the next claim waits for one to free up.
-                        await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(
+                            [*in_flight, stopped], return_when=asyncio.FIRST_COMPLETED
+                        )
                         continue
                     limit = self.destination.batch_size
                     if self._paused_until is not None:
@@ -186,16 +203,19 @@ class Worker:
                             await self._pause_wait(min(wait_s, IDLE_RECHECK_S))
                             continue
                         limit = 1  # a probe: does the token work again?
-                    claimed = await self.store.claim(self.destination.name, limit, lease_s)
-                    if claimed:
+                    claimed = await self.store.claim(self.destination.name, limit, self.lease_s)
+                    fresh = self._hold(claimed)
+                    if fresh:
                         # The next batch is claimed and built while this one is on the wire.
-                        task = asyncio.create_task(self._deliver_logged(claimed))
+                        task = asyncio.create_task(self._deliver_logged(fresh))
                         in_flight.add(task)
                         task.add_done_callback(in_flight.discard)
                         continue
                     if in_flight:
                         await asyncio.wait(
-                            in_flight, timeout=IDLE_RECHECK_S, return_when=asyncio.FIRST_COMPLETED
+                            [*in_flight, stopped],
+                            timeout=IDLE_RECHECK_S,
+                            return_when=asyncio.FIRST_COMPLETED,
                         )
                         continue
                     await self._idle()
@@ -205,15 +225,70 @@ class Worker:
                     self._log_error(exc)
                     await asyncio.sleep(IDLE_RECHECK_S)
         finally:
-            if in_flight:
-                # Stopping: batches on the wire finish (stop() bounds how long we wait).
-                await asyncio.gather(*in_flight, return_exceptions=True)
+            stopped.cancel()
+            await self._wind_down(in_flight)
+            keeper.cancel()
+            await asyncio.gather(keeper, stopped, return_exceptions=True)
+
+    def _hold(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        """Note the leases of claimed rows; the rows not already in hand."""
+        fresh = [row for row in claimed if row.id not in self._held]
+        for row in claimed:
+            # A row already in hand came back only because its lease lapsed (the loop stalled
+            # past it): it is still being sent, so it is not sent again, but the lease is new.
+            self._held[row.id] = row.leased_until
+        return fresh
+
+    async def _wind_down(self, in_flight: set[asyncio.Task[None]]) -> None:
+        """Stopping: requests on the wire until the deadline, then give back what is left."""
+        if in_flight:
+            timeout = max(0.0, self._deadline - asyncio.get_running_loop().time())
+            _, late = await asyncio.wait(set(in_flight), timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if not self._held:
+            return
+        leases = list(self._held.items())
+        self._held.clear()
+        try:
+            returned = await self.store.return_leases(leases)
+        except Exception as exc:  # their leases run out instead: nothing is lost
+            self._log_error(exc)
+            return
+        log.info("delivery.returned", destination=self.destination.name, deliveries=returned)
+
+    async def _keep_leases(self) -> None:
+        """Extend the leases of rows in hand every third of a lease, so they never lapse."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            if not self._held:
+                continue
+            leases = list(self._held.items())
+            until = time.time() + self.lease_s
+            try:
+                extended = set(await self.store.extend_leases(leases, until))
+            except Exception as exc:  # tried again in a third of a lease; it has two left
+                self._log_error(exc)
+                continue
+            for row_id, held in leases:
+                if self._held.get(row_id) != held:
+                    continue  # finished, or claimed again, while the extension ran
+                if row_id in extended:
+                    self._held[row_id] = until
+                else:
+                    # Finished meanwhile, or taken by another claim after a lapse: not ours.
+                    del self._held[row_id]
 
     async def _deliver_logged(self, claimed: Sequence[Claimed]) -> None:
         try:
             await self.deliver(claimed)
-        except Exception as exc:  # the lease runs out and the rows come back: nothing lost
+        except Exception as exc:
             self._log_error(exc)
+            # Outcomes that could not be written: let those leases lapse and the rows come
+            # back (at worst sent again), rather than keep them in hand for ever.
+            for row in claimed:
+                self._held.pop(row.id, None)
 
     def _log_error(self, exc: Exception) -> None:
         log.error(
@@ -258,51 +333,61 @@ class Worker:
             await asyncio.sleep(wait_ms / 1000)
 
     async def deliver(self, claimed: Sequence[Claimed]) -> None:
-        """Send one claimed batch and write every outcome back."""
+        """Send one claimed batch, writing each request's outcome back as its answer comes."""
         now = time.time()
         dest = self.destination
-        finished: list[Finished] = []
+        final: list[Finished] = []
         items: list[Item] = []
-        attempts = {c.id: c for c in claimed}
         for row in claimed:
             if dest.max_age_s is not None and row.event_time < now - dest.max_age_s:
                 # Never sent, never batched with fresh events: the platform refuses it whole.
-                finished.append(
+                final.append(
                     self._final(row, Status.DEAD, "older than the platform's age limit", now)
                 )
             elif row.payload is None:
-                finished.append(self._final(row, Status.DEAD, "payload missing", now))
+                final.append(self._final(row, Status.DEAD, "payload missing", now))
             else:
                 items.append(Item(row.id, raw=row.payload))
-        verdicts: list[_Verdicts] = []
-        for request in dest.build_requests(items) if items else []:
-            refused = next((v.result for v in verdicts if v.result.auth), None)
-            if refused is not None:
-                # The credentials failed on this batch already: the rest wait unsent.
-                verdicts.append(_Verdicts(request.items, refused, None, 0.0))
-                continue
-            verdicts.extend(await self._send(request))
-        for v in verdicts:
-            for item in v.items:
-                finished.append(self._outcome(attempts[item.delivery_id], v, now))
-        await self.store.finish(finished)
-        for outcome in finished:
-            self.metrics.count_delivery(dest.name, str(outcome.status))
+        await self._record(final)
+        if items:
+            rows = {c.id: c for c in claimed}
+            refused: list[Result] = []
+            await _all(
+                self._attempt(request, rows, refused) for request in dest.build_requests(items)
+            )
 
-    async def _send(self, request: OutRequest) -> list[_Verdicts]:
+    async def _attempt(
+        self, request: OutRequest, rows: Mapping[int, Claimed], refused: list[Result]
+    ) -> None:
+        """Make one request (when a slot is free) and record its items' outcomes; a batch
+        refused for one bad event is halved, and the halves go out side by side. Once the
+        platform refused the credentials, the batch's requests not yet sent wait unsent."""
         dest = self.destination
-        started = time.perf_counter()
-        if dest.sends:
-            answer = await transport(self.session, request, dest.settings.timeout_ms / 1000)
-        else:
-            answer = Answer(None, b"", {})
-        latency_ms = (time.perf_counter() - started) * 1000
+        async with self._slots:
+            if self._stopping:
+                return  # never on the wire: given back with the rest when the worker stops
+            if refused:
+                now = time.time()
+                outcomes = [
+                    self._outcome(rows[item.delivery_id], refused[0], None, 0.0, now)
+                    for item in request.items
+                ]
+                await self._record(outcomes)
+                return
+            started = time.perf_counter()
+            if dest.sends:
+                answer = await transport(self.session, request, dest.settings.timeout_ms / 1000)
+            else:
+                answer = Answer(None, b"", {})
+            latency_ms = (time.perf_counter() - started) * 1000
         if dest.sends:
             self.metrics.delivery_latency.labels(dest.name).observe(latency_ms / 1000)
         result = dest.classify(request, answer)
         if dest.sends:
             self.health.record(result, time.time())
             self._auth(result)
+            if result.auth:
+                refused.append(result)
         if self.preview is not None:  # traced rows only: one dict check otherwise
             self.preview.attempt(dest.name, request, answer, result, latency_ms)
         log.info(
@@ -315,57 +400,103 @@ class Worker:
             message=result.message[:300],
         )
         if result.verdict is Verdict.SPLIT and len(request.items) > 1:
-            # One bad event refused the whole batch: halve until it stands alone.
             half = len(request.items) // 2
-            out: list[_Verdicts] = []
-            for part in (request.items[:half], request.items[half:]):
-                for sub in dest.build_requests(part):
-                    out.extend(await self._send(sub))
-            return out
+            parts = (request.items[:half], request.items[half:])
+            await _all(
+                self._attempt(sub, rows, refused)
+                for part in parts
+                for sub in dest.build_requests(part)
+            )
+            return
         if result.verdict is Verdict.SPLIT:
             result = Result(Verdict.DEAD, result.message)
-        return [_Verdicts(request.items, result, answer.status, latency_ms)]
+        now = time.time()
+        await self._record(
+            [
+                self._outcome(rows[item.delivery_id], result, answer.status, latency_ms, now)
+                for item in request.items
+            ]
+        )
 
-    def _outcome(self, row: Claimed, v: _Verdicts, now: float) -> Finished:
+    async def _record(self, outcomes: Sequence[Finished]) -> None:
+        """Write outcomes back. Once the answer is in, a stop does not interrupt the write: a
+        row given back after its platform took it would be sent twice."""
+        if not outcomes:
+            return
+        write = asyncio.ensure_future(self._write_back(outcomes))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await write
+            raise
+
+    async def _write_back(self, outcomes: Sequence[Finished]) -> None:
+        await self.store.finish(outcomes)
+        for outcome in outcomes:
+            self._held.pop(outcome.id, None)
+            self.metrics.count_delivery(self.destination.name, str(outcome.status))
+
+    def _outcome(
+        self,
+        row: Claimed,
+        result: Result,
+        http_status: int | None,
+        latency_ms: float,
+        now: float,
+    ) -> Finished:
         dest = self.destination
         retry = dest.settings.retry
         attempts = row.attempts + 1
+        first_attempt_at = row.first_attempt_at or now
         status = Status.DEAD
         next_at = now
-        message = v.result.message
-        if v.result.auth:
+        message = result.message
+        if result.auth:
             # Not the event's fault: it waits, queued, and the try does not count as an attempt.
             return Finished(
                 id=row.id,
                 status=Status.QUEUED,
                 attempts=row.attempts,
                 next_attempt_at=self._paused_until or now,
-                http_status=v.http_status,
+                http_status=http_status,
                 message=f"waiting for working credentials: {message}",
-                latency_ms=v.latency_ms,
+                latency_ms=latency_ms,
                 first_attempt_at=row.first_attempt_at or now,
                 erase_payload=False,
             )
-        if v.result.verdict is Verdict.SENT:
+        if result.verdict is Verdict.SENT:
             status = Status.SENT
-        elif v.result.verdict is Verdict.RETRY:
-            next_at = now + backoff_s(attempts, retry.base_ms, retry.max_ms, v.result.retry_after_s)
-            too_old = dest.max_age_s is not None and row.event_time < next_at - dest.max_age_s
-            if attempts >= retry.max_attempts:
+        elif result.verdict is Verdict.RETRY:
+            next_at = now + backoff_s(attempts, retry.base_ms, retry.max_ms, result.retry_after_s)
+            budget_ends = first_attempt_at + retry.give_up_after
+            age_ends = (
+                float("inf")
+                if dest.max_age_s is None
+                else row.event_time + dest.max_age_s - AGE_MARGIN_S
+            )
+            last_try = min(budget_ends, age_ends)
+            if retry.max_attempts is not None and attempts >= retry.max_attempts:
                 message = f"gave up after {attempts} attempts: {message}"
-            elif too_old:
+            elif next_at <= last_try:
+                status = Status.FAILED
+            elif now < last_try and now + (result.retry_after_s or 0.0) <= last_try:
+                # The backoff would overshoot the budget: one last try when it ends.
+                status, next_at = Status.FAILED, last_try
+            elif age_ends <= budget_ends:
                 message = f"would pass the platform's age limit before the next try: {message}"
             else:
-                status = Status.FAILED
+                spent = _duration(now - first_attempt_at)
+                message = f"gave up after {spent} and {attempts} attempts: {message}"
         return Finished(
             id=row.id,
             status=status,
             attempts=attempts,
             next_attempt_at=next_at,
-            http_status=v.http_status,
+            http_status=http_status,
             message=message,
-            latency_ms=v.latency_ms,
-            first_attempt_at=row.first_attempt_at or now,
+            latency_ms=latency_ms,
+            first_attempt_at=first_attempt_at,
             # A dead row keeps its payload so an operator can fix the cause and replay it;
             # retention prunes it. A sent one has no use for it.
             erase_payload=status is Status.SENT and not dest.keeps_payload,
@@ -383,3 +514,22 @@ class Worker:
             first_attempt_at=row.first_attempt_at or now,
             erase_payload=not self.destination.keeps_payload,
         )
+
+
+async def _all(attempts: Iterable[Awaitable[None]]) -> None:
+    """Run side by side until every one is done, then raise the first failure, if any (one
+    failed write must not abandon the other requests' answers)."""
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _duration(seconds: float) -> str:
+    """`4h0m`, `12m30s`, `45s`: a retry span for the log."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

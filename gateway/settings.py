@@ -6,9 +6,19 @@ vendor's keys live beside the code that reads them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from gateway.times import parse_duration
 
 Purpose = Literal["ad_storage", "analytics_storage", "ad_user_data", "ad_personalization"]
 
@@ -28,15 +38,28 @@ class Batch(StrictModel):
     """How long a worker waits for a batch to fill once the queue ran dry."""
 
 
-class Retry(StrictModel):
-    """Capped exponential backoff with full jitter."""
+RETRY_FOR_AT_MOST_S: Final = 7 * 86400
+"""No platform takes an event older than 7 days (Meta's limit, the longest of them)."""
 
-    max_attempts: int = Field(default=8, ge=1, le=100)
+
+class Retry(StrictModel):
+    """Transient failures are retried with capped exponential backoff and jitter until
+    `give_up_after` has passed since the first attempt (or `max_attempts` attempts, if set,
+    whichever comes first), and never past the platform's own age limit; then `dead`."""
+
+    max_attempts: int | None = Field(default=None, ge=1, le=100_000)
     base_ms: int = Field(default=500, ge=1)
     max_ms: int = Field(default=300_000, ge=1)
     auth_probe_ms: int = Field(default=300_000, ge=100, le=86_400_000)
     """While the platform refuses the credentials (an expired token), deliveries wait queued
     and one event is tried this often to see whether the token works again."""
+    give_up_after: float = Field(default=4 * 3600, gt=0, le=RETRY_FOR_AT_MOST_S)
+    """Seconds; the YAML takes a duration (`90m`, `4h`, `3d`) or a number of seconds."""
+
+    @field_validator("give_up_after", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _base_within_max(self) -> Self:
@@ -55,6 +78,8 @@ class DestinationSettings(StrictModel):
     on_denied: Literal["drop", "limited"] = "drop"
     batch: Batch = Batch()
     retry: Retry = Retry()
+    concurrency: int | None = Field(default=None, ge=1, le=256)
+    """Requests on the wire at once; None: the destination type's default."""
     timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
 
     def secrets(self) -> tuple[SecretStr, ...]:

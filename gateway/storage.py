@@ -15,6 +15,7 @@ from gateway.store import (
     DeliveryQuery,
     DeliveryRow,
     Finished,
+    Lease,
     NewEvent,
     WriteHealth,
 )
@@ -45,6 +46,12 @@ class Storage(Protocol):
 
     async def finish(self, outcomes: Sequence[Finished], now: float | None = None) -> None:
         """Write attempt outcomes back."""
+
+    async def extend_leases(self, leases: Sequence[Lease], until: float) -> list[int]:
+        """Extend leases still held as written; the ids extended."""
+
+    async def return_leases(self, leases: Sequence[Lease]) -> int:
+        """Give held rows back to the queue unsent."""
 
     async def prune(self, older_than: float, batch: int = 500) -> int:
         """Delete old final rows in a small batch."""

@@ -297,6 +297,13 @@ class Claimed:
     attempts: int
     event_time: int
     first_attempt_at: float | None
+    leased_until: float = 0.0
+    """The lease as written by this claim: the token that says the row is still this
+    worker's when it extends or returns the lease."""
+
+
+Lease = tuple[int, float]
+"""A delivery row id and the `leased_until` its holder last wrote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,7 +719,7 @@ class Store:
                 " SELECT id FROM deliveries WHERE destination = ?"
                 " AND status IN ('queued', 'failed') AND next_attempt_at <= ?"
                 " AND leased_until <= ? ORDER BY next_attempt_at, id LIMIT ?)"
-                " RETURNING id, payload, attempts, event_time, first_attempt_at"
+                " RETURNING id, payload, attempts, event_time, first_attempt_at, leased_until"
             )
             rows = conn.execute(sql, (at + lease_s, destination, at, at, limit)).fetchall()
             return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
@@ -751,6 +758,43 @@ class Store:
             )
 
         await self.write(run)
+
+    async def extend_leases(self, leases: Sequence[Lease], until: float) -> list[int]:
+        """Move the leases of rows still pending and still held as written (`leased_until`
+        unchanged since) to `until`; returns the ids extended. A row finished meanwhile (its
+        lease is 0) or taken by another claim is left alone."""
+        if not leases:
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            extended = []
+            for row_id, held in leases:
+                cur = conn.execute(
+                    "UPDATE deliveries SET leased_until = ? WHERE id = ? AND leased_until = ?"
+                    " AND status IN ('queued', 'failed')",
+                    (until, row_id, held),
+                )
+                if cur.rowcount:
+                    extended.append(row_id)
+            return extended
+
+        return await self.write(run)
+
+    async def return_leases(self, leases: Sequence[Lease]) -> int:
+        """Give rows back to the queue unsent (a stopping worker's): due again at once, for
+        any worker. Only leases still held as written; returns how many."""
+        if not leases:
+            return 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.executemany(
+                "UPDATE deliveries SET leased_until = 0 WHERE id = ? AND leased_until = ?"
+                " AND status IN ('queued', 'failed')",
+                leases,
+            )
+            return cur.rowcount
+
+        return await self.write(run)
 
     async def prune(self, older_than: float, batch: int = 500) -> int:
         """Delete up to `batch` final delivery rows created before `older_than`, events left

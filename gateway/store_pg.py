@@ -37,6 +37,7 @@ from gateway.store import (
     DeliveryQuery,
     DeliveryRow,
     Finished,
+    Lease,
     NewEvent,
     Status,
     StoreClosed,
@@ -232,7 +233,21 @@ WHERE id IN (
     ORDER BY next_attempt_at, id
     LIMIT $4
     FOR UPDATE SKIP LOCKED)
-RETURNING id, payload, attempts, event_time, first_attempt_at
+RETURNING id, payload, attempts, event_time, first_attempt_at, leased_until
+"""
+
+# A lease is extended or returned only while it is still as its holder wrote it: a row that
+# was finished (lease 0) or that another replica claimed after a stall is not touched.
+_EXTEND_LEASES: Final = """
+UPDATE deliveries AS d SET leased_until = $1
+FROM unnest($2::bigint[], $3::float8[]) AS l (id, held)
+WHERE d.id = l.id AND d.leased_until = l.held AND d.status IN ('queued', 'failed')
+RETURNING d.id
+"""
+_RETURN_LEASES: Final = """
+UPDATE deliveries AS d SET leased_until = 0
+FROM unnest($1::bigint[], $2::float8[]) AS l (id, held)
+WHERE d.id = l.id AND d.leased_until = l.held AND d.status IN ('queued', 'failed')
 """
 
 _FINISH: Final = """
@@ -817,6 +832,29 @@ class PgStore:
             [o.erase_payload for o in outcomes],
         )
         await self._write(lambda conn: conn.execute(_FINISH, at, *columns), transaction=False)
+
+    async def extend_leases(self, leases: Sequence[Lease], until: float) -> list[int]:
+        """Move leases still held as written to `until`; returns the ids extended (see
+        Store.extend_leases)."""
+        if not leases:
+            return []
+        self._check_open()
+        ids, held = [lease[0] for lease in leases], [lease[1] for lease in leases]
+        rows = await self._write(
+            lambda conn: conn.fetch(_EXTEND_LEASES, until, ids, held), transaction=False
+        )
+        return [int(r[0]) for r in rows]
+
+    async def return_leases(self, leases: Sequence[Lease]) -> int:
+        """Give rows back to the queue unsent, if still held as written; returns how many."""
+        if not leases:
+            return 0
+        self._check_open()
+        ids, held = [lease[0] for lease in leases], [lease[1] for lease in leases]
+        status = await self._write(
+            lambda conn: conn.execute(_RETURN_LEASES, ids, held), transaction=False
+        )
+        return _rowcount(status)
 
     async def prune(self, older_than: float, batch: int = 500) -> int:
         """Delete up to `batch` final delivery rows created before `older_than` (and their

@@ -27,6 +27,14 @@ def parse_time(text: str, now: float | None = None) -> float:
     return parsed.timestamp()
 
 
+def parse_duration(text: str) -> float:
+    """`90s` / `15m` / `4h` / `7d` as seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use 90s, 15m, 4h or 7d)")
+    return float(match[1]) * _UNIT[match[2]]
+
+
 def iso(epoch: float | None) -> str | None:
     """Epoch seconds as an ISO 8601 UTC timestamp with milliseconds."""
     if epoch is None:

@@ -207,3 +207,22 @@ def test_a_secret_padded_with_whitespace_is_a_config_error() -> None:
         config.parse(text, "t.yaml", {})
     assert caught.value.problems[0].startswith("sources.server.api_keys[0]: ")
     assert "whitespace" in caught.value.problems[0]
+
+
+def test_retry_takes_a_time_budget_and_still_a_count() -> None:
+    text = """
+destinations:
+  a: {type: dry_run, retry: {give_up_after: 90m, max_attempts: 8}}
+  b: {type: dry_run}
+sources:
+  server: {send_to: [a, b], api_keys: [k]}
+"""
+    cfg = config.parse(text, "t.yaml", {})
+    assert cfg.destinations["a"].retry.give_up_after == 5400
+    assert cfg.destinations["a"].retry.max_attempts == 8
+    assert cfg.destinations["b"].retry.give_up_after == 4 * 3600  # Segment's 4 hours
+    assert cfg.destinations["b"].retry.max_attempts is None
+    for bad in ("soon", "8d"):
+        with pytest.raises(config.ConfigError) as err:
+            config.parse(text.replace("90m", bad), "t.yaml", {})
+        assert "destinations.a.retry.give_up_after" in str(err.value)

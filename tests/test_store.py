@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -248,3 +249,28 @@ async def test_files_are_private_to_the_owner(tmp_path: Path) -> None:
             await store.close()
     finally:
         os.umask(old)
+
+
+async def lease_keeping(store: Store | Any) -> None:
+    """A holder extends and returns only the leases it still holds as written (both backends)."""
+    await store.add([event("a"), event("b"), event("c")])
+    now = time.time()
+    a, b, c = await store.claim("meta", 10, lease_s=60, now=now)
+    assert a.leased_until == now + 60
+    await store.finish([outcome(b, Status.FAILED, now)])  # b is done: its lease is 0
+    extended = await store.extend_leases([(r.id, r.leased_until) for r in (a, b, c)], now + 120)
+    assert sorted(extended) == [a.id, c.id]
+    # Still hidden after the first lease would have run out: it was extended.
+    assert [r.id for r in await store.claim("meta", 10, lease_s=60, now=now + 90)] == [b.id]
+    # A stale token (the lease moved on) returns nothing; the current one returns the row.
+    assert await store.return_leases([(a.id, a.leased_until)]) == 0
+    assert await store.return_leases([(a.id, now + 120)]) == 1
+    assert [r.id for r in await store.claim("meta", 10, lease_s=60, now=now + 91)] == [a.id]
+
+
+async def test_leases_are_extended_and_returned_by_their_holder(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "s.sqlite3"))
+    try:
+        await lease_keeping(store)
+    finally:
+        await store.close()

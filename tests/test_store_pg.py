@@ -535,3 +535,9 @@ async def test_same_answers_as_sqlite(tmp_path: Path, store: PgStore) -> None:
         )
     finally:
         await lite.close()
+
+
+async def test_leases_are_extended_and_returned_by_their_holder(store: PgStore) -> None:
+    from tests.test_store import lease_keeping
+
+    await lease_keeping(store)

@@ -126,6 +126,9 @@ class Destination(ABC):
     match_keys: ClassVar[frozenset[str] | None] = None
     """The report's match keys (`pipeline.MATCH_KEYS`) this platform matches on; None: all.
     `report --fail-on-drop` judges only these."""
+    default_concurrency: ClassVar[int] = 8
+    """Requests on the wire at once unless `concurrency:` says otherwise: the halves of a
+    batch split to isolate bad events go out side by side."""
 
     def __init__(self, name: str, settings: DestinationSettings) -> None:
         self.name = name
@@ -141,11 +144,11 @@ class Destination(ABC):
         """The purposes this event needs granted here (`dry_run` asks the format it previews)."""
         return self.requires
 
-    def requests_per_batch(self, items: int) -> int:
-        """The most requests one claimed batch can take: its chunks, plus the halving that
-        isolates a bad event (a delivery worker's lease must outlast them all)."""
-        chunks = -(-items // self.max_batch)
-        return chunks + 2 * max(1, items.bit_length())
+    @property
+    def concurrency(self) -> int:
+        """Requests this destination may have on the wire at once."""
+        configured = self.settings.concurrency
+        return self.default_concurrency if configured is None else configured
 
     @property
     def batch_size(self) -> int:
