@@ -8,9 +8,12 @@ is what gets stored, so it is where personal data is normalized and hashed.
 from __future__ import annotations
 
 import builtins
+import email.utils
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from decimal import Decimal
 from enum import StrEnum
 from typing import ClassVar
@@ -221,17 +224,31 @@ def shown_url(url: str) -> str:
     return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
 
 
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """`Retry-After` in seconds (delta form; an HTTP date is read as unknown)."""
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """`Retry-After` in seconds from now: the delay form or an HTTP date (RFC 9110 §10.2.3),
+    at most `MAX_RETRY_AFTER_S`; None when absent or unreadable."""
     raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if raw is None:
         return None
     try:
         seconds = float(raw.strip())
     except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(raw.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # a date without a zone is read as GMT, as HTTP dates are
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
     # `1e999` is infinity, and a year is as good as never: a row must always come due again.
     return min(seconds, MAX_RETRY_AFTER_S) if 0 <= seconds < float("inf") else None
+
+
+def not_the_answer(answer: Answer, platform: str) -> Result:
+    """A 2xx whose body is not the platform's success answer (a captive proxy's login page, a
+    broken load balancer's empty or cut-off body): nothing says the events arrived, so retry."""
+    snippet = answer.body[:120].decode("utf-8", "replace").strip() or "empty body"
+    return Result(Verdict.RETRY, f"HTTP {answer.status} without {platform}'s answer: {snippet}")
 
 
 def classify_by_status(answer: Answer, message: str | None = None) -> Result:

@@ -22,6 +22,7 @@ from gateway.destinations.base import (
     Verdict,
     classify_by_status,
     line_items,
+    not_the_answer,
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
@@ -199,8 +200,11 @@ def classify_meta(answer: Answer, batch_size: int) -> Result:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        if answer.status is not None and 200 <= answer.status < 300 and isinstance(body, dict):
-            return Result(Verdict.SENT, f"events_received={body.get('events_received')}")
+        if answer.status is not None and 200 <= answer.status < 300:
+            received = body.get("events_received") if isinstance(body, dict) else None
+            if type(received) is int:
+                return Result(Verdict.SENT, f"events_received={received}")
+            return not_the_answer(answer, "Meta")
         return classify_by_status(answer)
     code, subcode = error.get("code"), error.get("error_subcode")
     text = f"{code}/{subcode}: {error.get('message', '')}"

@@ -24,6 +24,7 @@ from gateway.destinations.base import (
     Verdict,
     classify_by_status,
     line_items,
+    not_the_answer,
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
@@ -165,6 +166,8 @@ def classify_tiktok(answer: Answer, batch_size: int) -> Result:
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict) or type(body.get("code")) is not int:
+        if answer.status is not None and 200 <= answer.status < 300:
+            return not_the_answer(answer, "TikTok")
         return classify_by_status(answer)
     code: int = body["code"]
     message = str(body.get("message") or "")

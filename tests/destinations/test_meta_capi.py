@@ -198,6 +198,11 @@ def _error(code: int, subcode: int | None = None, status: int = 400, **extra: ob
         (_error(100, 2804050), 1, Verdict.DEAD),
         (Answer(502, b"<html>bad gateway</html>", {}), 5, Verdict.RETRY),
         (Answer(None, b"", {}, error="timeout"), 5, Verdict.RETRY),
+        # A 200 that is not Meta's answer (a proxy's page, a cut-off body) proves nothing.
+        (Answer(200, b"<html>Sign in</html>", {}), 5, Verdict.RETRY),
+        (Answer(200, b"", {}), 5, Verdict.RETRY),
+        (Answer(200, b'{"events_received": 2', {}), 5, Verdict.RETRY),
+        (Answer(200, b'{"fbtrace_id": "A"}', {}), 5, Verdict.RETRY),
     ],
 )
 def test_classification_by_metas_own_codes(answer: Answer, batch: int, verdict: Verdict) -> None:
@@ -224,3 +229,15 @@ def test_retry_after_is_bounded() -> None:
     assert retry_after_seconds({"Retry-After": "1e999"}) is None  # infinity: never due again
     assert retry_after_seconds({"retry-after": "31536000"}) == MAX_RETRY_AFTER_S
     assert retry_after_seconds({"Retry-After": "-5"}) is None
+
+
+def test_retry_after_as_an_http_date() -> None:
+    from gateway.destinations.base import MAX_RETRY_AFTER_S, retry_after_seconds
+
+    now = 1_795_000_000.0  # Wed, 18 Nov 2026 11:06:40 GMT
+    assert retry_after_seconds({"Retry-After": "Wed, 18 Nov 2026 11:07:10 GMT"}, now) == 30.0
+    assert retry_after_seconds({"Retry-After": "Wed, 18 Nov 2026 11:06:00 GMT"}, now) == 0.0
+    assert retry_after_seconds({"Retry-After": "Sun, 18 Nov 2029 11:06:00 GMT"}, now) == (
+        MAX_RETRY_AFTER_S
+    )
+    assert retry_after_seconds({"Retry-After": "Saturday soon"}, now) is None

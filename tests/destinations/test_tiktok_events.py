@@ -187,7 +187,10 @@ def _code(code: int, status: int = 200, message: str = "m") -> Answer:
         (_code(40100, status=429), 5, Verdict.RETRY),
         (_code(40002, status=400), 5, Verdict.DEAD),
         (Answer(502, b"<html>bad gateway</html>", {}), 5, Verdict.RETRY),
-        (Answer(200, b"not json", {}), 5, Verdict.SENT),
+        # A 200 that is not TikTok's answer (a proxy's page, a cut-off body) proves nothing.
+        (Answer(200, b"not json", {}), 5, Verdict.RETRY),
+        (Answer(200, b"", {}), 5, Verdict.RETRY),
+        (Answer(200, b'{"message": "OK"}', {}), 5, Verdict.RETRY),
         (Answer(None, b"", {}, error="timeout after 10.0s"), 5, Verdict.RETRY),
     ],
 )
