@@ -43,9 +43,23 @@ _INBOUND: Final = {
 }
 
 
+# Every platform's spelling of a canonical name, for events that name no vendor (the server
+# API): a shop's backend often copies `Purchase` from Meta's docs while the pixel's `Purchase`
+# became `purchase`, and the two copies would never deduplicate.
+_ANY_INBOUND: Final = {
+    name: canonical for table in _INBOUND.values() for name, canonical in table.items()
+}
+
+
 def to_canonical(vendor: str, name: str) -> str:
     """A platform's event name as the canonical snake_case name (unknown names unchanged)."""
     return _INBOUND[vendor].get(name, name)
+
+
+def any_to_canonical(name: str) -> str:
+    """Any platform's name of a canonical event (`Purchase`, `CompletePayment`,
+    `begin_checkout`) as the canonical name; other names unchanged."""
+    return _ANY_INBOUND.get(name, name)
 
 
 def from_canonical(vendor: str, name: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Final
 import orjson
 from pydantic import Field, SecretStr
 
+from gateway import names
 from gateway.event import (
     ACTION_SOURCES,
     CUSTOM_FIELDS,
@@ -246,7 +247,8 @@ def parse_event(raw: object, received_at: float) -> Event:
     if unknown:
         raise EventError(f"{unknown[0]}: unknown field")
     event_id = _text(event.get("event_id"), "event_id", required=True, limit=256) or ""
-    event_name = _text(event.get("event_name"), "event_name", required=True, limit=100) or ""
+    raw_name = _text(event.get("event_name"), "event_name", required=True, limit=100) or ""
+    event_name = names.any_to_canonical(raw_name)
     raw_time = event.get("event_time")
     if raw_time is None:
         event_time = int(received_at)
