@@ -186,11 +186,10 @@ def check(path: str | None) -> int:
         print(f"  {name}: {dest.describe()}")
         requires = ", ".join(dest.requires) or "nothing"
         events = ", ".join(settings.events) if settings.events is not None else "all"
-        retry = settings.retry
         print(
             f"    requires {requires} (on_denied: {settings.on_denied}); events: {events};"
-            f" batch {dest.batch_size}, retry {retry.max_attempts} attempts"
-            f" {retry.base_ms}-{retry.max_ms} ms, timeout {settings.timeout_ms} ms"
+            f" batch {dest.batch_size}, {settings.retry.describe()},"
+            f" timeout {settings.timeout_ms} ms"
         )
     print("sources:")
     for name, source_settings in cfg.sources.items():

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.delivery")
 
 IN_FLIGHT: Final = 2
-"""Batches one destination may have claimed at once (the next is claimed while one is sent)."""
+"""Batches one destination may have claimed at once (the next is claimed while one is sent),
+or enough to keep its `concurrency` busy when requests carry few events (GA4)."""
 IDLE_RECHECK_S: Final = 1.0
 """How often an idle worker looks for retries that fell due (a new row wakes it at once)."""
 LEASE_MIN_S: Final = 30.0
@@ -146,6 +147,9 @@ class Worker:
         self._deadline = float("inf")
         """Loop time past which requests still on the wire are abandoned (set by `stop`)."""
         self._slots = asyncio.Semaphore(destination.concurrency)
+        # A batch ends with its slowest request: with one visitor a request (GA4), two batches
+        # of 25 leave the 32 slots half idle in each batch's tail.
+        self._batches = max(IN_FLIGHT, -(-2 * destination.concurrency // destination.batch_size))
         self._held: dict[int, float] = {}
         """Rows this worker has leased and not finished: id → the lease as last written."""
         self._task: asyncio.Task[None] | None = None
@@ -189,7 +193,7 @@ class Worker:
             while not self._stopping:
                 try:
                     self._wake.clear()
-                    if len(in_flight) >= IN_FLIGHT:
+                    if len(in_flight) >= self._batches:
                         # Both slots busy: the next claim waits for one to free up.
                         await asyncio.wait(
                             [*in_flight, stopped], return_when=asyncio.FIRST_COMPLETED

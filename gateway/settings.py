@@ -61,6 +61,17 @@ class Retry(StrictModel):
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
 
+    def describe(self) -> str:
+        """`retry for 4h, 500-300000 ms` (and the attempts, when they are limited too)."""
+        seconds = self.give_up_after
+        span = next(
+            f"{seconds / unit:g}{name}"
+            for unit, name in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
+            if seconds >= unit or unit == 1
+        )
+        attempts = f" or {self.max_attempts} attempts" if self.max_attempts is not None else ""
+        return f"retry for {span}{attempts}, {self.base_ms}-{self.max_ms} ms"
+
     @model_validator(mode="after")
     def _base_within_max(self) -> Self:
         if self.base_ms > self.max_ms:

@@ -226,7 +226,7 @@ rules:
     assert (
         "  meta: meta_capi pixel 1234567890 via https://graph.facebook.com v25.0\n"
         "    requires ad_storage, ad_user_data (on_denied: drop); events: all;"
-        " batch 1000, retry 8 attempts 500-300000 ms, timeout 10000 ms"
+        " batch 1000, retry for 4h, 500-300000 ms, timeout 10000 ms"
     ) in out
     assert "  audit: dry_run (format auto), sends nothing\n    requires nothing" in out
     assert "cookies: _fbp/_fbc/_ttp/ttclid on shop.example for 90 days" in out
