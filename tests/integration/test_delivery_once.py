@@ -207,6 +207,7 @@ sources:
     await gw.client.close()  # the app's cleanup, as on SIGTERM
     took = time.monotonic() - stopping
     hang.set()
+    print(f"\nstop with three hanging destinations: {took:.1f} s")
     assert took < 8.0, f"stopping took {took:.1f} s"
     with sqlite3.connect(db) as conn:
         rows = list(
