@@ -351,7 +351,7 @@ class Ga4Mp(Destination):
     # user_data (email, phone), user_id and ip_override: Google has no use for Meta's fbp/fbc.
     match_keys = frozenset({"email", "phone", "external_id", "ip_ua"})
     # A request carries one visitor, so a batch of 25 visitors is 25 requests: one after
-    # another, 100 ms of latency capped GA4 at ~20 events/s; 64 at once made ~490 (bench/ga4.py).
+    # another, 100 ms of latency capped GA4 at ~20 events/s; 64 at once: 490-600 (bench/ga4.py).
     default_concurrency = 64
 
     settings: Ga4MpSettings
