@@ -100,7 +100,7 @@ destinations:
     batch: {{max_wait_ms: 0}}
 {concurrency}
 sources:
-  server: {{send_to: [ga4], api_keys: [k]}}
+  server: {{send_to: [ga4], api_keys: [test-api-key-0001]}}
 """
     )
     gw = start(gateway_cmd(cfg), cpu=0, log=tmp / f"{name}.log")

@@ -215,7 +215,7 @@ destinations:
   a: {type: dry_run, retry: {give_up_after: 90m, max_attempts: 8}}
   b: {type: dry_run}
 sources:
-  server: {send_to: [a, b], api_keys: [k]}
+  server: {send_to: [a, b], api_keys: [test-api-key-0001]}
 """
     cfg = config.parse(text, "t.yaml", {})
     assert cfg.destinations["a"].retry.give_up_after == 5400

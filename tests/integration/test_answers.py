@@ -34,13 +34,15 @@ destinations:
   {name}: {{{DESTINATIONS[name]}, endpoint: {url}, batch: {{max_wait_ms: 0}},
           retry: {{base_ms: 20, max_ms: 50}}}}
 sources:
-  server: {{send_to: [{name}], api_keys: [k]}}
+  server: {{send_to: [{name}], api_keys: [test-api-key-0001]}}
 """
 
 
 async def post(gw: Gateway, prefix: str, n: int = 1) -> None:
     response = await gw.client.post(
-        "/v1/events", json={"events": shop_events(prefix, n)}, headers={"Authorization": "Bearer k"}
+        "/v1/events",
+        json={"events": shop_events(prefix, n)},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert response.status == 202
 

@@ -88,7 +88,7 @@ destinations:
     timeout_ms: 1000
     batch: {{max_wait_ms: 0}}
 sources:
-  server: {{send_to: [meta, tiktok], api_keys: [k]}}
+  server: {{send_to: [meta, tiktok], api_keys: [test-api-key-0001]}}
 """
     )
     gw = await start_gateway(cfg)
@@ -128,7 +128,7 @@ destinations:
     timeout_ms: 30000
     batch: {{max_wait_ms: 0}}
 sources:
-  server: {{send_to: [ga4], api_keys: [k]}}
+  server: {{send_to: [ga4], api_keys: [test-api-key-0001]}}
 """
 
 
@@ -196,7 +196,7 @@ destinations:
   ga4: {{type: ga4_mp, measurement_id: G-ABC123, api_secret: S, endpoint: {url}/ga4,
          timeout_ms: 60000, batch: {{max_wait_ms: 0}}}}
 sources:
-  server: {{send_to: [meta, tiktok, ga4], api_keys: [k]}}
+  server: {{send_to: [meta, tiktok, ga4], api_keys: [test-api-key-0001]}}
 """
     )
     gw = await start_gateway(cfg)
@@ -227,7 +227,7 @@ destinations:
     batch: {{max_events: 10, max_wait_ms: 0}}
     retry: {retry}
 sources:
-  server: {{send_to: [meta], api_keys: [k]}}
+  server: {{send_to: [meta], api_keys: [test-api-key-0001]}}
 """
 
 

@@ -44,7 +44,9 @@ async def test_a_platform_spelling_on_the_server_api_deduplicates_with_the_pixel
         "custom": {"value": "10", "currency": "EUR"},
     }
     response = await gw.client.post(
-        "/v1/events", json={"events": [server_event]}, headers={"Authorization": "Bearer k"}
+        "/v1/events",
+        json={"events": [server_event]},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert await response.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
 
@@ -68,7 +70,9 @@ async def test_names_outside_the_table_pass_through(
         "user": {"email": "jane@example.com", "user_agent": "UA"},
     }
     response = await gw.client.post(
-        "/v1/events", json={"events": [server_event]}, headers={"Authorization": "Bearer k"}
+        "/v1/events",
+        json={"events": [server_event]},
+        headers={"Authorization": "Bearer test-api-key-0001"},
     )
     assert (await response.json())["accepted"] == 1
     assert await gw.rows("SELECT event_name FROM deliveries") == [("PlaceAnOrder",)]

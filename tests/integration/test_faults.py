@@ -112,7 +112,7 @@ destinations:
             {common}}}
   ga4: {{type: ga4_mp, measurement_id: G-ABC123, api_secret: S, endpoint: {url}, {common}}}
 sources:
-  server: {{send_to: [meta, tiktok, ga4], api_keys: [k]}}
+  server: {{send_to: [meta, tiktok, ga4], api_keys: [test-api-key-0001]}}
 """
     )
     return cfg
@@ -151,7 +151,9 @@ class Load:
 
     async def run(self) -> None:
         url = f"http://127.0.0.1:{self.port}/v1/events"
-        async with aiohttp.ClientSession(headers={"Authorization": "Bearer k"}) as session:
+        async with aiohttp.ClientSession(
+            headers={"Authorization": "Bearer test-api-key-0001"}
+        ) as session:
             while self.running:
                 events = self.batch()
                 try:
