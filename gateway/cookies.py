@@ -25,11 +25,18 @@ FBP: Final = "_fbp"
 FBC: Final = "_fbc"
 TTP: Final = "_ttp"
 TTCLID: Final = "ttclid"
+EPIK: Final = "_epik"
 
-USER_FIELDS: Final[Mapping[str, str]] = {FBP: "fbp", FBC: "fbc", TTP: "ttp", TTCLID: "ttclid"}
+USER_FIELDS: Final[Mapping[str, str]] = {
+    FBP: "fbp",
+    FBC: "fbc",
+    TTP: "ttp",
+    TTCLID: "ttclid",
+    EPIK: "epik",
+}
 """Cookie name → the `User` field of the canonical event that carries its value."""
 
-VENDORS: Final = ("meta", "tiktok")
+VENDORS: Final = ("meta", "tiktok", "pinterest")
 """The vendors whose IDs `plan()` knows; destinations name theirs the same way."""
 
 # docs/platforms.md §1.3: `fb`, a decimal index, a 13-digit ms timestamp, a payload without dots,
@@ -46,6 +53,8 @@ _FBCLID: Final = re.compile(r"[A-Za-z0-9_-]{1,1024}")
 # are url-safe letters and digits, with dots (`E.C.P.…` click IDs, `….tt.1` visitor IDs). Only
 # values a cookie holds unquoted are accepted, so a renewed cookie is the same bytes.
 _TIKTOK_ID: Final = re.compile(r"[A-Za-z0-9._~+-]{1,1024}")
+# A click-ID cookie passed on but never set (`_epik`): opaque, base64-like.
+_PASSED_ID: Final = re.compile(r"[A-Za-z0-9._~+/=-]{1,1024}")
 
 TTP_LENGTH: Final = 27
 """New `_ttp` values: 27 url-safe random characters, the length of observed TikTok values. The
@@ -195,6 +204,13 @@ def plan(
             keep(TTCLID, ttclid, renew=True)
         elif ttclid_cookie is not None and cookie_ok:
             keep(TTCLID, ttclid_cookie, renew=False)
+
+    if "pinterest" in vendors:
+        # The Pinterest tag's own click-ID cookie, passed on as the browser has it and never
+        # set: Pinterest documents no server-set `_epik` (docs/platforms.md §6).
+        epik = hit_cookies.get(EPIK)
+        if epik is not None and _PASSED_ID.fullmatch(epik):
+            keep(EPIK, epik, renew=False)
 
     return CookiePlan(values, tuple(to_set))
 

@@ -58,6 +58,7 @@ CLEAR_USER_FIELDS: Final = (
     "ttclid",
     "gclid",
     "ga_client_id",
+    "epik",
 )
 USER_FIELDS: Final = HASHED_USER_FIELDS + CLEAR_USER_FIELDS
 
@@ -92,6 +93,8 @@ class User:
     ttclid: str | None = None
     gclid: str | None = None
     ga_client_id: str | None = None
+    epik: str | None = None
+    """Pinterest's click ID (`epik` in the landing URL, the `_epik` cookie)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,16 @@ _ANY_INBOUND: Final = {
 }
 
 
+def register(vendor: str, label: str, outbound: dict[str, str]) -> None:
+    """A destination's own table (canonical → its name), read both ways like the one above; its
+    module calls this once. Where two canonical events share a name, the first listed wins back."""
+    _OUTBOUND[vendor] = dict(outbound)
+    _INBOUND[vendor] = {}
+    for canonical, name in outbound.items():
+        _INBOUND[vendor].setdefault(name, canonical)
+    _VENDOR_NAMES[vendor] = label
+
+
 def to_canonical(vendor: str, name: str) -> str:
     """A platform's event name as the canonical snake_case name (unknown names unchanged)."""
     return _INBOUND[vendor].get(name, name)

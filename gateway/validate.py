@@ -3,7 +3,8 @@
 GA4 gets the real request body at `/debug/mp/collect` (nothing is recorded) and answers with
 validation messages; Meta and TikTok get it at their normal endpoint with the configured
 `test_event_code`, which routes it to their test-events view. Without a code they are skipped:
-the sample would count as a real conversion. Nothing here touches the store.
+the sample would count as a real conversion. A platform whose test mode records nothing
+(Pinterest's `?test=true`) is always checked there. Nothing here touches the store.
 """
 
 from __future__ import annotations
@@ -140,13 +141,20 @@ async def _test_event_code(
         report.skipped = True
         return
     requests: list[OutRequest] = dest.build_requests(_items(dest, events, report))
+    await _send(dest, session, requests, f"with test_event_code {code}", report)
+
+
+async def _send(
+    dest: Destination,
+    session: aiohttp.ClientSession,
+    requests: Sequence[OutRequest],
+    how: str,
+    report: _Report,
+) -> None:
     for request in requests:
         answer = await transport(session, request, dest.settings.timeout_ms / 1000)
         result = dest.classify(request, answer)
-        report.line(
-            f"{len(request.items)} sample events with test_event_code {code}:"
-            f" {_status(answer.status)}"
-        )
+        report.line(f"{len(request.items)} sample events {how}: {_status(answer.status)}")
         if result.verdict is Verdict.SENT:
             report.detail(f"accepted: {result.message}")
         elif result.verdict is Verdict.RETRY:
@@ -174,6 +182,9 @@ async def run_validate(config: Config, out: TextIO) -> int:
                 await _ga4(dest, session, events, report)
             elif isinstance(dest, MetaCapi | TikTokEvents):
                 await _test_event_code(dest, session, events, report)
+            elif dest.test_mode:
+                requests = dest.test_requests(_items(dest, events, report))
+                await _send(dest, session, requests, f"to its test mode ({dest.test_mode})", report)
             else:
                 report.line(f"skipped: {dest.type} has no test mode")
                 report.skipped = True

@@ -14,6 +14,7 @@ ENV = {
     "META_CAPI_TOKEN": "meta-secret-1",
     "GA4_API_SECRET": "ga4-secret-2",
     "TIKTOK_TOKEN": "tiktok-secret-3",
+    "PINTEREST_CONVERSION_TOKEN": "pinterest-secret-6-0123456789",
     "GATEWAY_API_KEY": "api-secret-4-0123456789",
     "ADMIN_TOKEN": "admin-secret-5-0123456789",
 }
@@ -38,7 +39,7 @@ def test_check_prints_a_summary_without_secrets(
     assert cli.main(["check", "--config", str(CONFIG_DIR / "example.yaml")]) == 0
     out = capsys.readouterr().out
     assert "meta: meta_capi pixel 1234567890" in out
-    assert "ga4: /g/collect -> ga4_forward, meta, tiktok, audit" in out
+    assert "ga4: /g/collect -> ga4_forward, meta, tiktok, pinterest, audit" in out
     for secret in ENV.values():
         assert secret not in out
 

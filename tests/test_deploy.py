@@ -30,7 +30,8 @@ def _seconds(value: str) -> float:
 
 @pytest.fixture
 def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("META_CAPI_TOKEN", "GA4_API_SECRET", "TIKTOK_TOKEN", "GATEWAY_API_KEY"):
+    names = ("META_CAPI_TOKEN", "GA4_API_SECRET", "TIKTOK_TOKEN", "PINTEREST_CONVERSION_TOKEN")
+    for name in (*names, "GATEWAY_API_KEY"):
         monkeypatch.setenv(name, f"secret-{name.lower()}")
     monkeypatch.setenv("ADMIN_TOKEN", "a-long-enough-admin-token-for-the-check")
 

@@ -126,6 +126,8 @@ class Destination(ABC):
     """False for destinations that record instead of making requests (`dry_run`)."""
     keeps_payload: ClassVar[bool] = False
     """True when the stored payload is the record itself (`dry_run`) and outlives delivery."""
+    test_mode: ClassVar[str | None] = None
+    """How `validate` reaches a test mode that records nothing (`test_requests`); None: none."""
     match_keys: ClassVar[frozenset[str] | None] = None
     """The report's match keys (`pipeline.MATCH_KEYS`) this platform matches on; None: all.
     `report --fail-on-drop` judges only these."""
@@ -190,6 +192,10 @@ class Destination(ABC):
     @abstractmethod
     def classify(self, request: OutRequest, answer: Answer) -> Result:
         """The verdict on one answer, by the platform's own codes first. Pure."""
+
+    def test_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        """Requests carrying these items to the platform's `test_mode`, for `validate`."""
+        raise NotImplementedError(f"{self.type} has no test mode")
 
     def describe(self) -> str:
         """A one-line, secret-free summary for `tag-gateway check`."""

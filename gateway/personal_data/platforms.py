@@ -16,7 +16,7 @@ from typing import Final, Literal
 from gateway.personal_data import normalize
 from gateway.personal_data.hashing import already_hashed, hash_normalized
 
-Platform = Literal["meta", "google", "tiktok"]
+Platform = Literal["meta", "google", "tiktok", "pinterest"]
 Normalizer = Callable[[str], str | None]
 
 _GMAIL_DOMAINS: Final = frozenset({"gmail.com", "googlemail.com"})
@@ -172,6 +172,22 @@ _RULES: Final[dict[str, dict[str, Callable[[str | None], Normalizer]]]] = {
         "city": lambda _: lower,
         "state": tiktok_state,
         "country": lambda _: normalize.country_code,
+    },
+    # https://developers.pinterest.com/docs/api/v5/events-create (`user_data`): lowercase;
+    # phone digits with the country code, no `+` or leading zeros; city without spaces or
+    # punctuation; state a two-letter code; zip digits (a US one its first five).
+    "pinterest": {
+        "email": lambda _: normalize.email,
+        "phone": meta_phone,
+        "first_name": lambda _: lower,
+        "last_name": lambda _: lower,
+        "gender": lambda _: normalize.gender_initial,
+        "date_of_birth": lambda _: normalize.date_yyyymmdd,
+        "city": lambda _: letters,
+        "state": meta_state,
+        "zip": meta_zip,
+        "country": lambda _: normalize.country_code,
+        "external_id": lambda _: lower,
     },
 }
 

@@ -48,6 +48,7 @@ DESTINATIONS: Final = {
     "meta": "meta_capi",
     "ga4": "ga4_mp",
     "tiktok": "tiktok_events",
+    "pinterest": "pinterest_capi",
     "meta_forward": "forward",
     "ga4_forward": "forward",
     "tiktok_forward": "forward",
@@ -64,11 +65,11 @@ CASES: Final = {
 }
 # The user fields a hashing rule exists for, and the platforms whose rules hash them.
 _HASHED_BY: Final[dict[str, tuple[Platform, ...]]] = {
-    "email": ("meta", "google", "tiktok"),
-    "phone": ("meta", "google", "tiktok"),
-    "first_name": ("meta", "google", "tiktok"),
-    "last_name": ("meta", "google", "tiktok"),
-    "external_id": ("meta", "google", "tiktok"),
+    "email": ("meta", "google", "tiktok", "pinterest"),
+    "phone": ("meta", "google", "tiktok", "pinterest"),
+    "first_name": ("meta", "google", "tiktok", "pinterest"),
+    "last_name": ("meta", "google", "tiktok", "pinterest"),
+    "external_id": ("meta", "google", "tiktok", "pinterest"),
 }
 
 
@@ -143,6 +144,9 @@ def _answer(recorded: Recorded) -> web.Response:
         return web.json_response({"code": 0, "message": "OK"})
     if recorded.path.startswith(("/mp/", "/g/")):
         return web.Response(status=204)
+    if recorded.path.startswith("/v5/ad_accounts/"):
+        n = len(recorded.json()["data"])
+        return web.json_response({"num_events_received": n, "num_events_processed": n})
     if recorded.path.endswith("/events"):
         return web.json_response({"events_received": 1})
     return web.Response(status=200, body=b"GIF89a", content_type="image/gif")
@@ -162,6 +166,8 @@ destinations:
     {common}}}
   tiktok: {{type: tiktok_events, pixel_code: CABC123, access_token: T, on_denied: {on_denied},
     {common}}}
+  pinterest: {{type: pinterest_capi, ad_account_id: "549755885175", access_token: T,
+    on_denied: {on_denied}, {common}}}
   meta_forward: {{type: forward, vendor: meta, {common}}}
   ga4_forward: {{type: forward, vendor: ga4, {common}}}
   tiktok_forward: {{type: forward, vendor: tiktok, {common}}}
@@ -330,7 +336,8 @@ def _sent(platform: FakePlatform) -> str:
 def _received_by(platform: FakePlatform, destination: str) -> str:
     """What one destination's requests carried (the fake serves them all, told by path)."""
     prefix = {
-        "meta": "/v",
+        "meta": "/v2",  # /v25.0/…; Pinterest's is /v5/
+        "pinterest": "/v5/ad_accounts/",
         "ga4": "/mp/",
         "tiktok": "/open_api/",
         "meta_forward": "/tr",
@@ -350,6 +357,7 @@ _WANTS: Final[dict[str, tuple[Platform, tuple[str, ...]]]] = {
     "meta": ("meta", SOURCES),
     "ga4": ("google", SOURCES),
     "tiktok": ("tiktok", SOURCES),
+    "pinterest": ("pinterest", SOURCES),
     "meta_forward": ("meta", ("meta_get", "meta_post")),
     "ga4_forward": ("google", ("ga4_get", "ga4_post")),
     "tiktok_forward": ("tiktok", ("tiktok",)),
@@ -445,6 +453,7 @@ def test_the_matrix_is_what_the_issue_asks() -> None:
         "meta_capi",
         "ga4_mp",
         "tiktok_events",
+        "pinterest_capi",
         "forward",
         "dry_run",
     }
