@@ -322,7 +322,7 @@ destinations:
 sources:
   meta_pixel: {{send_to: [pinterest]}}
   ga4: {{send_to: [pinterest]}}
-  server: {{send_to: [pinterest], api_keys: [KEY]}}
+  server: {{send_to: [pinterest], api_keys: [KEY-0123456789abcdef]}}
 cookies: {{domain: shop.example}}
 """
     )
