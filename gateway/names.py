@@ -53,7 +53,8 @@ _ANY_INBOUND: Final = {
 
 def register(vendor: str, label: str, outbound: dict[str, str]) -> None:
     """A destination's own table (canonical → its name), read both ways like the one above; its
-    module calls this once. Where two canonical events share a name, the first listed wins back."""
+    module calls this once. Where two canonical events share a name, the first listed wins back.
+    `_ANY_INBOUND` keeps only the tags' vendors: a backend's `checkout` stays its own event."""
     _OUTBOUND[vendor] = dict(outbound)
     _INBOUND[vendor] = {}
     for canonical, name in outbound.items():
