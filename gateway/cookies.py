@@ -26,6 +26,7 @@ FBC: Final = "_fbc"
 TTP: Final = "_ttp"
 TTCLID: Final = "ttclid"
 EPIK: Final = "_epik"
+RDT_UUID: Final = "_rdt_uuid"
 
 USER_FIELDS: Final[Mapping[str, str]] = {
     FBP: "fbp",
@@ -33,10 +34,11 @@ USER_FIELDS: Final[Mapping[str, str]] = {
     TTP: "ttp",
     TTCLID: "ttclid",
     EPIK: "epik",
+    RDT_UUID: "rdt_uuid",
 }
 """Cookie name → the `User` field of the canonical event that carries its value."""
 
-VENDORS: Final = ("meta", "tiktok", "pinterest")
+VENDORS: Final = ("meta", "tiktok", "pinterest", "reddit")
 """The vendors whose IDs `plan()` knows; destinations name theirs the same way."""
 
 # docs/platforms.md §1.3: `fb`, a decimal index, a 13-digit ms timestamp, a payload without dots,
@@ -211,6 +213,12 @@ def plan(
         epik = hit_cookies.get(EPIK)
         if epik is not None and _PASSED_ID.fullmatch(epik):
             keep(EPIK, epik, renew=False)
+
+    if "reddit" in vendors:
+        # Passed on, never set: Reddit documents no server-set `_rdt_uuid` (docs/platforms.md §7).
+        rdt_uuid = hit_cookies.get(RDT_UUID)
+        if rdt_uuid is not None and _PASSED_ID.fullmatch(rdt_uuid):
+            keep(RDT_UUID, rdt_uuid, renew=False)
 
     return CookiePlan(values, tuple(to_set))
 

@@ -59,6 +59,7 @@ CLEAR_USER_FIELDS: Final = (
     "gclid",
     "ga_client_id",
     "epik",
+    "rdt_uuid",
 )
 USER_FIELDS: Final = HASHED_USER_FIELDS + CLEAR_USER_FIELDS
 
@@ -95,6 +96,8 @@ class User:
     ga_client_id: str | None = None
     epik: str | None = None
     """Pinterest's click ID (`epik` in the landing URL, the `_epik` cookie)."""
+    rdt_uuid: str | None = None
+    """The Reddit pixel's visitor ID (its `_rdt_uuid` cookie)."""
 
 
 @dataclass(frozen=True, slots=True)

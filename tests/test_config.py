@@ -132,8 +132,8 @@ def _with_events(events: str, kind: str = "ga4_mp") -> str:
             " mean 'purchase'?",
         ),
         (
-            "[ADD_TO_CART]",
-            "destinations.d.events[0]: 'ADD_TO_CART' never matches: canonical names are"
+            "[Add_To_Cart]",
+            "destinations.d.events[0]: 'Add_To_Cart' never matches: canonical names are"
             " snake_case; write 'add_to_cart'",
         ),
         (

@@ -16,7 +16,7 @@ from typing import Final, Literal
 from gateway.personal_data import normalize
 from gateway.personal_data.hashing import already_hashed, hash_normalized
 
-Platform = Literal["meta", "google", "tiktok", "pinterest"]
+Platform = Literal["meta", "google", "tiktok", "pinterest", "reddit"]
 Normalizer = Callable[[str], str | None]
 
 _GMAIL_DOMAINS: Final = frozenset({"gmail.com", "googlemail.com"})
@@ -70,6 +70,21 @@ def lower(raw: str) -> str | None:
 def letters(raw: str) -> str | None:
     """Letters only, lowercase."""
     return normalize.letters_only(raw) or None
+
+
+# --- Reddit (docs/platforms.md §7) --------------------------------------------------------------
+
+
+def reddit_email(raw: str) -> str | None:
+    """Reddit's canonical address: lowercased, the local part cut at its first `+` and held to
+    letters and digits, on every domain (Reddit's "Manual Advanced Matching" guide, whose
+    vector is `Al.ice$+Apple@Example.Com` → `alice@example.com`)."""
+    value = normalize.email(lower(raw) or "")
+    if value is None:
+        return None
+    local, _, domain = value.rpartition("@")
+    local = "".join(c for c in local.partition("+")[0] if c.isalnum())
+    return f"{local}@{domain}" if local else None
 
 
 # --- Google (docs/platforms.md §2.3) --------------------------------------------------------------
@@ -187,6 +202,13 @@ _RULES: Final[dict[str, dict[str, Callable[[str | None], Normalizer]]]] = {
         "state": meta_state,
         "zip": meta_zip,
         "country": lambda _: normalize.country_code,
+        "external_id": lambda _: lower,
+    },
+    # Reddit's match keys: the email as above, the phone in E.164, the external ID as given
+    # (lowercased, as every other platform here takes it).
+    "reddit": {
+        "email": lambda _: reddit_email,
+        "phone": e164_phone,
         "external_id": lambda _: lower,
     },
 }
