@@ -12,7 +12,6 @@ docs/platforms.md §7.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Final, Literal
 
 import orjson
@@ -31,7 +30,7 @@ from gateway.destinations.base import (
     line_items,
     shown_url,
 )
-from gateway.event import JSON, Event, User
+from gateway.event import JSON, Event, User, json_number
 from gateway.personal_data.platforms import hashed
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import url_param
@@ -105,25 +104,27 @@ def reddit_user(user: User) -> dict[str, JSON]:
     return out
 
 
-def _money(value: Decimal | None) -> str | None:
-    # v3 takes `value` as a decimal string (v2.0 took integer cents).
-    return None if value is None else format(value.normalize(), "f")
-
-
 _PRODUCT_KEYS: Final = {"id": "id", "name": "name", "category": "category"}
 
 
 def reddit_metadata(event: Event) -> dict[str, JSON]:
     """`metadata`; `conversion_id` is the event ID, as the pixel's `conversionId` for dedup."""
     custom = event.custom
-    products = line_items(custom.contents, _PRODUCT_KEYS) or [{"id": i} for i in custom.content_ids]
+    # Reddit requires `id` and `category` on every product: one without either is left out
+    # rather than have it refuse the event.
+    products = [
+        row
+        for row in line_items(custom.contents, _PRODUCT_KEYS)
+        if "id" in row and "category" in row
+    ]
     count = custom.num_items
     if count is None and custom.contents:
         count = sum(c.quantity or 1 for c in custom.contents)
     fields: dict[str, JSON] = {
         "conversion_id": event.event_id,
         "currency": custom.currency.upper() if custom.currency else None,
-        "value": _money(custom.value),
+        # A number in currency units (v2.0's `value` was integer cents).
+        "value": json_number(custom.value),
         "item_count": count,
         "products": products or None,
     }

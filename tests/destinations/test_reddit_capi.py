@@ -93,7 +93,10 @@ def test_the_conversion_event_field_by_field() -> None:
             value=Decimal("79.50"),
             currency="eur",
             order_id="ord-7",
-            contents=(Content("sku-1", 2, Decimal("39.75"), name="Socks", category="Apparel"),),
+            contents=(
+                Content("sku-1", 2, Decimal("39.75"), name="Socks", category="Apparel"),
+                Content("sku-2", 1, Decimal("0"), name="Gift"),  # no category: left out
+            ),
         ),
     )
     assert _dest().prepare(event) == {
@@ -108,8 +111,8 @@ def test_the_conversion_event_field_by_field() -> None:
         "metadata": {
             "conversion_id": "ord-7",  # the dedup key, the pixel's conversionId
             "currency": "EUR",
-            "value": "79.5",
-            "item_count": 2,
+            "value": 79.5,
+            "item_count": 3,
             "products": [{"id": "sku-1", "name": "Socks", "category": "Apparel"}],
         },
         "click_id": "cid-1",
@@ -281,7 +284,7 @@ async def test_a_ga4_hit_reaches_reddit_with_its_event_id_and_the_rdt_uuid_cooki
     assert request.path == f"/api/v3/pixels/{PIXEL}/conversion_events"
     (event,) = request.json()["data"]["events"]
     assert event["type"] == {"tracking_type": "PURCHASE"}
-    assert event["metadata"] == {"conversion_id": "ord-9", "currency": "EUR", "value": "12.5"}
+    assert event["metadata"] == {"conversion_id": "ord-9", "currency": "EUR", "value": 12.5}
     assert event["click_id"] == "cid-9"
     assert event["user"] == {
         "ip_address": "198.51.100.1",
