@@ -276,6 +276,12 @@ def _is_urlencoded(content_type: str | None) -> bool:
     return (content_type or "").lower().startswith("application/x-www-form-urlencoded")
 
 
+def _unless_same(rewritten: str | None, text: str) -> str:
+    """`rewrite_pairs`' answer, else the text as it came. Only None means unchanged: "" is
+    every pair removed, which must not fall back to the unscrubbed text."""
+    return text if rewritten is None else rewritten
+
+
 def scrubbed(event: Event, raw: RawHit, line: int | None = None) -> tuple[str, bytes] | Rejected:
     """The hit's query and body as the gate lets them go: plain-text personal data hashed by
     its vendor's rules or removed, every untouched parameter byte for byte.
@@ -285,22 +291,22 @@ def scrubbed(event: Event, raw: RawHit, line: int | None = None) -> tuple[str, b
     gate = _Gate.of(event)
     query, body = raw.query_string, raw.body
     if raw.vendor == "meta":
-        query = rewrite_pairs(query, gate.meta) or query
+        query = _unless_same(rewrite_pairs(query, gate.meta), query)
         if _is_urlencoded(raw.content_type):
             text = rewrite_pairs(body.decode("utf-8", "replace"), gate.meta)
             body = text.encode() if text is not None else body
         elif any(gate.meta(k, v) != v for k, v in form_pairs(body, raw.content_type)):
             return Rejected("forward: the hit's body carries plain-text personal data")
     elif raw.vendor == "ga4":
-        query = rewrite_pairs(query, gate.ga4) or query
+        query = _unless_same(rewrite_pairs(query, gate.ga4), query)
         # One event per non-blank body line, each a urlencoded list (docs/platforms.md §2.1).
         lines = [t for t in body.decode("utf-8", "replace").split("\n") if t.strip()]
         if line is not None and 0 <= line < len(lines):
             lines = [lines[line].strip()]
         if lines:
-            body = "\n".join(rewrite_pairs(t, gate.ga4) or t for t in lines).encode()
+            body = "\n".join(_unless_same(rewrite_pairs(t, gate.ga4), t) for t in lines).encode()
     else:
-        query = rewrite_pairs(query, gate.tiktok_query) or query
+        query = _unless_same(rewrite_pairs(query, gate.tiktok_query), query)
         if body.strip():
             try:
                 message = orjson.loads(body)

@@ -429,3 +429,14 @@ def test_a_tiktok_forward_keeps_the_order_lines_without_the_address_in_one() -> 
         ],
         "customer": {"tier": "gold"},
     }
+
+
+def test_a_ga4_line_or_query_of_only_removed_pairs_goes_out_empty_not_as_it_came() -> None:
+    # When the gate removes every pair, what is left is empty, never the original text again.
+    dest = _destination("ga4")
+    hit = _hit("ga4", "v=2&tid=G-ABC123&cid=1.2&en=sign_up", b"ep.email=jane.doe%40example.com")
+    payload = _prepared(dest, _event(hit, ga4=Ga4Extras("G-ABC123", "sign_up", line=0, lines=1)))
+    assert base64.b64decode(str(payload["body"])) == b""
+    only_removed = _prepared(dest, _event(_hit("ga4", "ep.email=jane.doe%40example.com")))
+    assert only_removed["query"] == ""
+    assert "jane" not in orjson.dumps([payload, only_removed]).decode()
