@@ -38,7 +38,7 @@ from gateway.personal_data.scrub import GONE, strip_personal
 from gateway.rules.url_params import rewrite_pairs
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import json_or_text, text_or_none
-from gateway.sources.forms import form_pairs
+from gateway.sources.forms import form_fields
 from gateway.sources.meta_pixel import USER_KEYS
 from gateway.sources.tiktok_pixel import decode_message
 
@@ -295,8 +295,14 @@ def scrubbed(event: Event, raw: RawHit, line: int | None = None) -> tuple[str, b
         if _is_urlencoded(raw.content_type):
             text = rewrite_pairs(body.decode("utf-8", "replace"), gate.meta)
             body = text.encode() if text is not None else body
-        elif any(gate.meta(k, v) != v for k, v in form_pairs(body, raw.content_type)):
-            return Rejected("forward: the hit's body carries plain-text personal data")
+        else:
+            # Sent as it came, so every part must be read and clean; parts past the field
+            # bound were never looked at, and a body we could not read whole is not vouched for.
+            pairs, unread = form_fields(body, raw.content_type)
+            if unread:
+                return Rejected("forward: the hit's body has more fields than the gateway reads")
+            if any(gate.meta(k, v) != v for k, v in pairs):
+                return Rejected("forward: the hit's body carries plain-text personal data")
     elif raw.vendor == "ga4":
         query = _unless_same(rewrite_pairs(query, gate.ga4), query)
         # One event per non-blank body line, each a urlencoded list (docs/platforms.md §2.1).

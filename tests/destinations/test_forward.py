@@ -440,3 +440,20 @@ def test_a_ga4_line_or_query_of_only_removed_pairs_goes_out_empty_not_as_it_came
     only_removed = _prepared(dest, _event(_hit("ga4", "ep.email=jane.doe%40example.com")))
     assert only_removed["query"] == ""
     assert "jane" not in orjson.dumps([payload, only_removed]).decode()
+
+
+def test_a_multipart_body_too_big_to_read_whole_is_never_forwarded() -> None:
+    # Past the field bound the check cannot see a part, so it cannot vouch for the body.
+    def parts(n: int) -> bytes:
+        return b"".join(
+            b'--q\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(n)
+        )
+
+    email = b'--q\r\nContent-Disposition: form-data; name="ud[em]"\r\n\r\njane.doe@example.com\r\n'
+    ctype = "multipart/form-data; boundary=q"
+    big = _hit("meta", body=parts(132) + email + b"--q--\r\n", content_type=ctype)
+    refused = _destination("meta").prepare(_event(big))
+    assert isinstance(refused, Rejected)
+    # Control: a clean body within the bound goes out as it came.
+    clean = _hit("meta", body=parts(3) + b"--q--\r\n", content_type=ctype)
+    assert isinstance(_destination("meta").prepare(_event(clean)), dict)
