@@ -382,6 +382,8 @@ async def _ingest(
             notes["reason"] = f"could not be parsed ({type(exc).__name__})"
         return Outcome.MALFORMED, None
     notes.update(parsed.notes)
+    if trace is not None:
+        trace.learned(parsed.events)
     if parsed.reason:
         notes["reason"] = parsed.reason
     if not parsed.events:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from gateway.event import HASHED_USER_FIELDS, JSON, Event
 from gateway.personal_data import detect as pii
 from gateway.personal_data import hashing
+from gateway.sources import ga4, meta_pixel, tiktok_pixel
 
 MASK: Final = "•••"
 DOT: Final = "•"
@@ -29,7 +30,9 @@ _SECRET_WORDS: Final = frozenset(
 _WORD: Final = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _MAX_DEPTH: Final = 12
 _USER_KEYS: Final = frozenset({"user", "user_data", "user_properties"})
-_USER_FIELDS: Final = frozenset(HASHED_USER_FIELDS)
+_USER_FIELDS: Final = frozenset(HASHED_USER_FIELDS) | tiktok_pixel.PERSONAL_USER_KEYS
+# Each tag's parameters that hold a person, by their source's word: plain means personal.
+_PERSONAL_PARAMS: Final = meta_pixel.PERSONAL_PARAMS | ga4.PERSONAL_PARAMS
 # Names that mean a person wherever they stand (`state` or `country` alone may not).
 _PERSONAL_KEYS: Final = frozenset(
     {"email", "phone", "first_name", "last_name", "date_of_birth", "external_id"}
@@ -100,6 +103,8 @@ class Masker:
         """One query or form parameter's value as a trace may show it."""
         if secret_name(name) or name.lower() in self._redacted:
             return MASK if value else value
+        if name in _PERSONAL_PARAMS and value:
+            return value if hashing.already_hashed(value) else mask_plain(value)
         return self.value(name, value)
 
     def value(self, name: str, value: str) -> str:

@@ -362,12 +362,18 @@ class HitTrace:
     # --- the pipeline's stage ------------------------------------------------------------------
 
     @_never_raises
+    def learned(self, events: Sequence[Event]) -> None:
+        """The personal values a source found in the hit, masked wherever the trace shows
+        them; called right after parsing, so an ignored hit's trace masks them too."""
+        self.masker = self.masker.with_personal(personal_values(events))
+
+    @_never_raises
     def prepared(
         self, events: Sequence[Event], rows: Sequence[NewEvent], send_to: Sequence[str]
     ) -> None:
         """The events and what the pipeline made of each, before they are written (the
         store's word on them comes through `Preview.stored`)."""
-        self.masker = self.preview.masker.with_personal(personal_values(events))
+        self.learned(events)
         self.events_total += len(events)
         room = EVENTS_PER_TRACE - len(self.events)
         for event, row in list(zip(events, rows, strict=False))[: max(room, 0)]:

@@ -100,6 +100,9 @@ _USER_DATA: Final = {
     "co0": "country",
 }
 
+# The parameters that hold a person: `em` carries the user-provided data (`tv.1~em.…~pn.…`).
+PERSONAL_PARAMS: Final = frozenset({"em"})
+
 
 class Ga4Settings(SourceSettings):
     """`sources.ga4`."""

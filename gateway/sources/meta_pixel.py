@@ -45,6 +45,10 @@ USER_KEYS: Final = {
     "country": "country",
     "external_id": "external_id",
 }
+# The query/form parameters that hold a person (`ud[em]`, `udff[fn]`), hashed or not.
+PERSONAL_PARAMS: Final = frozenset(
+    f"{block}[{key}]" for block in ("ud", "udff") for key in USER_KEYS
+)
 _CONTENT_KEYS: Final = {"id": "id", "quantity": "quantity", "item_price": "item_price"}
 _TYPED_CUSTOM: Final = frozenset(
     {

@@ -27,6 +27,8 @@ ANSWER: Final = b'{"code":0,"message":"OK"}'
 """The answer to a pixel POST, as TikTok gives it (docs/http.md §1)."""
 
 # Internal probes the pixel posts like events: advanced-matching enrichment, not conversions.
+# The keys of `context.user` that hold a person (TikTok's names, read below).
+PERSONAL_USER_KEYS: Final = frozenset({"email", "phone_number", "phone", "external_id"})
 _NOT_EVENTS: Final = frozenset({"EnrichAM"})
 # Browser clocks are often wrong; a timestamp outside this window falls back to receive time
 # (Meta rejects a whole batch over one event older than 7 days, docs/platforms.md §0).

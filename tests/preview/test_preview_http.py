@@ -569,3 +569,25 @@ async def test_a_trace_names_the_rule_that_dropped_and_the_consent_that_limited(
     assert meta["reason"].startswith("limited by consent: ad_storage denied (gcs)")
     assert meta["payload"]["event_id"] == "human-1"
     assert human["events"][0]["destinations"]["ga4"]["status"] == "queued"
+
+
+async def test_an_ignored_hit_traces_no_plaintext_personal_data(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, sqlite_only: None
+) -> None:
+    # An unknown pixel, and a hit with no pixel or event at all: neither reaches the stage
+    # where the events' personal values are learned, yet both traces show the hit.
+    text = config_text(fake_platform.url)  # without dry_run, which takes every pixel's hits
+    gw = await start_gateway(make_config(text.replace("[meta, buys]", "[meta]")))
+    session = await start_session(gw)
+    headers = {"X-Tag-Gateway-Preview": session}
+    person = "ud[ph]=4155550100&ud[fn]=janetta&ud[ln]=quixotic&ud[ct]=springfieldia"
+    unknown = await gw.client.get(f"/tr?id=999999999&ev=Lead&{person}", headers=headers)
+    bare = await gw.client.get(f"/tr?{person}", headers=headers)
+    assert (unknown.status, bare.status) == (200, 200)
+    found = await settled(gw, session, lambda ts: len(ts) == 2)
+    # Control: both were traced, and ignored.
+    assert [t["reason"] for t in found] == ["unknown id 999999999", "no id or ev"]
+    text = orjson.dumps(found).decode()
+    assert "ud[ph]" in text or "ud%5Bph%5D" in text  # control: the parameters are shown
+    for needle in ("4155550100", "janetta", "quixotic", "springfieldia"):
+        assert needle not in text, needle
