@@ -106,6 +106,9 @@ class Pipeline:
         shared = apply_rules(event, self.shared_rules, None)
         named = event if isinstance(shared, Dropped) else shared
         deliveries = []
+        # A touch only for an event some destination's rules kept: a bot's hit the rules drop
+        # everywhere must not become a visit in the attribution report.
+        rules_ran = kept = False
         for name in send_to:
             dest = self.destinations[name]
             if not _routed(dest, event):
@@ -119,9 +122,11 @@ class Pipeline:
                 deliveries.append(_dropped(dest, named, Status.DROPPED_RULE, shared.reason))
                 continue
             scoped = apply_rules(shared, self.scoped_rules, name)
+            rules_ran = True
             if isinstance(scoped, Dropped):
                 deliveries.append(_dropped(dest, named, Status.DROPPED_RULE, scoped.reason))
                 continue
+            kept = True
             if not dest.accepts(scoped):
                 continue
             deliveries.append(self._delivery(dest, scoped))
@@ -138,7 +143,9 @@ class Pipeline:
             value=str(custom.value) if custom.value is not None else None,
             currency=custom.currency,
             consent=consent_record,
-            touches=attribution.touches(event, self.store.visitor_secret),
+            touches=()
+            if isinstance(shared, Dropped) or (rules_ran and not kept)
+            else attribution.touches(event, self.store.visitor_secret),
         )
 
     def unknown_id(self, event: Event, send_to: Sequence[str]) -> str | None:

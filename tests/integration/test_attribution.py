@@ -321,3 +321,21 @@ async def test_a_plain_page_view_leaves_nothing(
     # Control: the visitor's add-to-cart keeps its key (a conversion finds its visitor by it).
     await meta_hit(gw, "AddToCart", "https://shop.example/products/socks", "eid=cart-1")
     assert await gw.rows("SELECT event_name, channel FROM touches") == [("add_to_cart", None)]
+
+
+async def test_an_event_the_rules_drop_leaves_no_touch(
+    start_gateway: Start, make_config: MakeConfig
+) -> None:
+    rules = 'rules:\n  - drop_events: {user_agent_matches: "(?i)bot"}\n'
+    gw = await start_gateway(make_config(CONFIG + rules))
+    url = "https://shop.example/?gclid=Cj0K&utm_campaign=brand"
+    response = await gw.client.get(
+        f"/g/collect?v=2&tid=G-TEST1&cid=555.666&en=page_view&dl={quote(url, safe='')}",
+        headers={"User-Agent": "Googlebot/2.1"},
+    )
+    assert response.status == 204
+    assert await gw.rows("SELECT status FROM deliveries") == [("dropped_rule",)]
+    assert await gw.rows("SELECT COUNT(*) FROM touches") == [(0,)]
+    # Control: the same hit from a browser is a touch.
+    await ga4_hit(gw, "page_view", url)
+    assert await gw.rows("SELECT COUNT(*) FROM touches") == [(1,)]
