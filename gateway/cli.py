@@ -184,7 +184,7 @@ def check(path: str | None) -> int:
     for name, dest in app_module.build_destinations(cfg).items():
         settings = dest.settings
         print(f"  {name}: {dest.describe()}")
-        requires = ", ".join(dest.requires) or "nothing"
+        requires = dest.requires_text()
         events = ", ".join(settings.events) if settings.events is not None else "all"
         print(
             f"    requires {requires} (on_denied: {settings.on_denied}); events: {events};"

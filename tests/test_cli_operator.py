@@ -228,7 +228,12 @@ rules:
         "    requires ad_storage, ad_user_data (on_denied: drop); events: all;"
         " batch 1000, retry for 4h, 500-300000 ms, timeout 10000 ms"
     ) in out
-    assert "  audit: dry_run (format auto), sends nothing\n    requires nothing" in out
+    # format auto: each hit needs what its own vendor's server API needs.
+    assert (
+        "  audit: dry_run (format auto), sends nothing\n    requires by format:"
+        " meta ad_storage, ad_user_data; ga4 analytics_storage;"
+    ) in out
+    assert "; server events ad_storage, ad_user_data (on_denied: drop)" in out
     assert "cookies: _fbp/_fbc/_ttp/ttclid on shop.example for 90 days" in out
     assert (
         "scripts:\n  /fbevents.js <- https://connect.facebook.net/en_US/fbevents.js (ttl 1h)" in out

@@ -25,3 +25,5 @@ for _cls in TYPES.values():
     if _cls.vendor:
         DryRun.previews.setdefault(_cls.vendor, _cls.preview)
         DryRun.requirements.setdefault(_cls.vendor, _cls.default_requires)
+        if _cls.vendor not in DryRun.vendors:
+            DryRun.vendors.append(_cls.vendor)

@@ -145,6 +145,10 @@ class Destination(ABC):
         configured = self.settings.requires
         return self.default_requires if configured is None else configured
 
+    def requires_text(self) -> str:
+        """What `requires` says, as `check` prints it."""
+        return ", ".join(self.requires) or "nothing"
+
     def requires_for(self, event: Event) -> tuple[str, ...]:
         """The purposes this event needs granted here (`dry_run` asks the format it previews)."""
         return self.requires

@@ -80,6 +80,8 @@ class DryRun(Destination):
     """Filled by the registry: vendor or destination type → that format's payload builder."""
     requirements: ClassVar[dict[str, tuple[str, ...]]] = {}
     """Filled by the registry: vendor or destination type → the consent that format needs."""
+    vendors: ClassVar[list[str]] = []
+    """Filled by the registry: the vendors whose hits `format: auto` records in their format."""
 
     def _format(self, event: Event) -> str | None:
         """The vendor or type whose format this event is recorded in; None for canonical."""
@@ -92,10 +94,23 @@ class DryRun(Destination):
         """The consent of the format previewed (a Meta pixel hit needs what `meta_capi`
         needs), so a preview never holds what the real destination could not have. The
         canonical record carries user data hashed by Meta's rules: it needs what Meta needs."""
+        return self.requires_for_format(self._format(event))
+
+    def requires_text(self) -> str:
+        if self.settings.requires is not None or self.settings.format != "auto":
+            return ", ".join(self.requires_for_format(self._fixed())) or "nothing"
+        by_vendor = (f"{v} {', '.join(self.requirements[v]) or 'nothing'}" for v in self.vendors)
+        server = ", ".join(self.requires_for_format(None)) or "nothing"
+        return f"by format: {'; '.join(by_vendor)}; server events {server}"
+
+    def _fixed(self) -> str | None:
+        wanted = self.settings.format
+        return wanted if wanted in self.previews else None
+
+    def requires_for_format(self, wanted: str | None) -> tuple[str, ...]:
         configured = self.settings.requires
         if configured is not None:
             return configured
-        wanted = self._format(event)
         return self.requirements.get(wanted or "meta_capi", CANONICAL_REQUIRES)
 
     def prepare(self, event: Event) -> JSON | Rejected:
