@@ -431,6 +431,8 @@ async def _ingest(
     if kept is None:
         log.warning("hit.store_slow", source=source.name, waited_s=BROWSER_STORE_WAIT_S)
     elif kept is Kept.DROPPED:
+        if trace is not None:
+            trace.lost()
         return Outcome.STORE_ERROR, plan
     elif kept is Kept.HELD:
         notes["stored"] = "held in memory: storage refuses writes"

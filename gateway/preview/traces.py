@@ -383,6 +383,16 @@ class HitTrace:
             self.preview._pending[id(row)] = (row, self, traced)
         self.changed()
 
+    @_never_raises
+    def lost(self) -> None:
+        """The outage buffer was full: nothing of this hit was stored or will be sent."""
+        for traced in self.events:
+            for dest in traced.destinations.values():
+                if dest.status in ("queued", "limited"):
+                    dest.status, dest.reason = "dropped", "outage buffer full: not stored"
+        self.preview._forget(self)
+        self.changed()
+
     def _stored(self, traced: EventTrace, result: Added) -> None:
         """The store's word on one row: duplicates found, ids of the rows to watch."""
         for (name, status), (delivery_id, duplicate_of) in zip(

@@ -321,3 +321,44 @@ async def _ids(url: str) -> set[str]:
         return {r[0] for r in await conn.fetch("SELECT event_id FROM events")}
     finally:
         await conn.close()
+
+
+async def test_a_preview_trace_shows_a_hit_the_full_outage_buffer_dropped(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "gw.sqlite3"
+    cfg = write_config(tmp_path, port, ", outage_buffer: {max_events: 1}")
+    cfg.write_text(cfg.read_text() + "admin: {token: adm1n-t0ken-0123456789}\n")
+    admin = {"Authorization": "Bearer adm1n-t0ken-0123456789"}
+    proc = await start_serve(cfg, tmp_path / "gateway.log", port, ready="/readyz")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(headers={"User-Agent": "Mozilla/5.0"}) as session:
+            async with session.post(f"{base}/admin/api/preview", headers=admin) as r:
+                assert r.status == 201
+                preview = {"X-Tag-Gateway-Preview": str((await r.json())["id"])}
+            assert await status(session, pixel(port, "before")) == 200
+            await eventually(lambda: "before" in stored_ids(db))
+            await asyncio.sleep(0.5)  # let the dry_run delivery write its row back
+            size = db.with_name(db.name + "-wal").stat().st_size
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+            for event_id in ("held-1", "lost-1"):  # the first fills the buffer
+                async with session.get(pixel(port, event_id), headers=preview) as r:
+                    assert r.status == 200
+            url = f"{base}/admin/api/preview/{preview['X-Tag-Gateway-Preview']}/traces"
+            fates: dict[str, str] = {}
+
+            async def traced() -> bool:
+                async with session.get(url, headers=admin) as r:
+                    for trace in (await r.json())["traces"]:
+                        for event in trace["events"]:
+                            fates[event["event_id"]] = event["destinations"]["audit"]["status"]
+                return len(fates) == 2
+
+            await eventually(traced, within=10)
+            assert fates["held-1"] == "queued"  # control: held in memory, still to be written
+            assert fates["lost-1"] == "dropped"
+            resource.prlimit(
+                proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            )
+    finally:
+        await stop(proc)
