@@ -629,11 +629,25 @@ STRIPPED_USER_FIELDS: Final = (
     "ga_client_id",
     "epik",
     "rdt_uuid",
+    "sccid",
+    "scid",
 )
 """User fields `limited` clears. `user_agent` stays and `client_ip` is truncated."""
 
 CLICK_ID_PARAMS: Final = frozenset(
-    {"gclid", "gbraid", "wbraid", "dclid", "fbclid", "ttclid", "msclkid", "_gl", "epik", "rdt_cid"}
+    {
+        "gclid",
+        "gbraid",
+        "wbraid",
+        "dclid",
+        "fbclid",
+        "ttclid",
+        "msclkid",
+        "_gl",
+        "epik",
+        "rdt_cid",
+        "sccid",
+    }
 )
 """URL parameters `limited` removes from `event_source_url` and `referrer`: click IDs (and `_gl`,
 Google's cross-domain linker, which carries the client ID and gclid) would otherwise travel on

@@ -27,6 +27,7 @@ TTP: Final = "_ttp"
 TTCLID: Final = "ttclid"
 EPIK: Final = "_epik"
 RDT_UUID: Final = "_rdt_uuid"
+SCID: Final = "_scid"
 
 USER_FIELDS: Final[Mapping[str, str]] = {
     FBP: "fbp",
@@ -35,10 +36,11 @@ USER_FIELDS: Final[Mapping[str, str]] = {
     TTCLID: "ttclid",
     EPIK: "epik",
     RDT_UUID: "rdt_uuid",
+    SCID: "scid",
 }
 """Cookie name → the `User` field of the canonical event that carries its value."""
 
-VENDORS: Final = ("meta", "tiktok", "pinterest", "reddit")
+VENDORS: Final = ("meta", "tiktok", "pinterest", "reddit", "snapchat")
 """The vendors whose IDs `plan()` knows; destinations name theirs the same way."""
 
 # docs/platforms.md §1.3: `fb`, a decimal index, a 13-digit ms timestamp, a payload without dots,
@@ -213,6 +215,11 @@ def plan(
         epik = hit_cookies.get(EPIK)
         if epik is not None and _PASSED_ID.fullmatch(epik):
             keep(EPIK, epik, renew=False)
+    if "snapchat" in vendors:
+        # The Snap pixel's `_scid`, Snapchat's `sc_cookie1`: passed on, never set, as `_epik`.
+        scid = hit_cookies.get(SCID)
+        if scid is not None and _PASSED_ID.fullmatch(scid):
+            keep(SCID, scid, renew=False)
 
     if "reddit" in vendors:
         # Passed on, never set: Reddit documents no server-set `_rdt_uuid` (docs/platforms.md §7).

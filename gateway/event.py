@@ -60,6 +60,8 @@ CLEAR_USER_FIELDS: Final = (
     "ga_client_id",
     "epik",
     "rdt_uuid",
+    "sccid",
+    "scid",
 )
 USER_FIELDS: Final = HASHED_USER_FIELDS + CLEAR_USER_FIELDS
 
@@ -98,6 +100,10 @@ class User:
     """Pinterest's click ID (`epik` in the landing URL, the `_epik` cookie)."""
     rdt_uuid: str | None = None
     """The Reddit pixel's visitor ID (its `_rdt_uuid` cookie)."""
+    sccid: str | None = None
+    """Snapchat's click ID (`ScCid` in the landing URL)."""
+    scid: str | None = None
+    """The Snap pixel's first-party `_scid` cookie (Snapchat's `sc_cookie1`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,21 @@ from gateway.destinations.ga4_mp import Ga4Mp
 from gateway.destinations.meta_capi import MetaCapi
 from gateway.destinations.pinterest_capi import PinterestCapi
 from gateway.destinations.reddit_capi import RedditCapi
+from gateway.destinations.snapchat_capi import SnapchatCapi
 from gateway.destinations.tiktok_events import TikTokEvents
 
 TYPES: Final[dict[str, type[Destination]]] = {
     cls.type: cls
-    for cls in (MetaCapi, Ga4Mp, TikTokEvents, PinterestCapi, RedditCapi, Forward, DryRun)
+    for cls in (
+        MetaCapi,
+        Ga4Mp,
+        TikTokEvents,
+        PinterestCapi,
+        RedditCapi,
+        SnapchatCapi,
+        Forward,
+        DryRun,
+    )
 }
 
 # dry_run records a hit in its own vendor's format, or in any type's format by name.

@@ -16,7 +16,7 @@ from typing import Final, Literal
 from gateway.personal_data import normalize
 from gateway.personal_data.hashing import already_hashed, hash_normalized
 
-Platform = Literal["meta", "google", "tiktok", "pinterest", "reddit"]
+Platform = Literal["meta", "google", "tiktok", "pinterest", "reddit", "snapchat"]
 Normalizer = Callable[[str], str | None]
 
 _GMAIL_DOMAINS: Final = frozenset({"gmail.com", "googlemail.com"})
@@ -209,6 +209,22 @@ _RULES: Final[dict[str, dict[str, Callable[[str | None], Normalizer]]]] = {
     "reddit": {
         "email": lambda _: reddit_email,
         "phone": e164_phone,
+        "external_id": lambda _: lower,
+    },
+    # https://developers.snap.com/api/marketing-api/Conversions-API/Parameters: email trimmed and
+    # lowercased; phone digits with the country code, no `00`, `+` or leading zero; names
+    # lowercase letters only (UTF-8 kept: `raphaël`).
+    "snapchat": {
+        "email": lambda _: normalize.email,
+        "phone": meta_phone,
+        "first_name": lambda _: letters,
+        "last_name": lambda _: letters,
+        "gender": lambda _: normalize.gender_initial,
+        "date_of_birth": lambda _: normalize.date_yyyymmdd,
+        "city": lambda _: letters,
+        "state": meta_state,
+        "zip": meta_zip,
+        "country": lambda _: normalize.country_code,
         "external_id": lambda _: lower,
     },
 }

@@ -49,6 +49,7 @@ DESTINATIONS: Final = {
     "ga4": "ga4_mp",
     "tiktok": "tiktok_events",
     "pinterest": "pinterest_capi",
+    "snapchat": "snapchat_capi",
     "meta_forward": "forward",
     "ga4_forward": "forward",
     "tiktok_forward": "forward",
@@ -65,11 +66,11 @@ CASES: Final = {
 }
 # The user fields a hashing rule exists for, and the platforms whose rules hash them.
 _HASHED_BY: Final[dict[str, tuple[Platform, ...]]] = {
-    "email": ("meta", "google", "tiktok", "pinterest"),
-    "phone": ("meta", "google", "tiktok", "pinterest"),
-    "first_name": ("meta", "google", "tiktok", "pinterest"),
-    "last_name": ("meta", "google", "tiktok", "pinterest"),
-    "external_id": ("meta", "google", "tiktok", "pinterest"),
+    "email": ("meta", "google", "tiktok", "pinterest", "snapchat"),
+    "phone": ("meta", "google", "tiktok", "pinterest", "snapchat"),
+    "first_name": ("meta", "google", "tiktok", "pinterest", "snapchat"),
+    "last_name": ("meta", "google", "tiktok", "pinterest", "snapchat"),
+    "external_id": ("meta", "google", "tiktok", "pinterest", "snapchat"),
 }
 
 
@@ -147,6 +148,8 @@ def _answer(recorded: Recorded) -> web.Response:
     if recorded.path.startswith("/v5/ad_accounts/"):
         n = len(recorded.json()["data"])
         return web.json_response({"num_events_received": n, "num_events_processed": n})
+    if recorded.path.startswith("/v3/"):
+        return web.json_response({"status": "VALID"})
     if recorded.path.endswith("/events"):
         return web.json_response({"events_received": 1})
     return web.Response(status=200, body=b"GIF89a", content_type="image/gif")
@@ -168,6 +171,8 @@ destinations:
     {common}}}
   pinterest: {{type: pinterest_capi, ad_account_id: "549755885175", access_token: T,
     on_denied: {on_denied}, {common}}}
+  snapchat: {{type: snapchat_capi, pixel_id: 1ec32188-754e-4be2-8e55-c949a984a39f,
+    access_token: T, on_denied: {on_denied}, {common}}}
   meta_forward: {{type: forward, vendor: meta, {common}}}
   ga4_forward: {{type: forward, vendor: ga4, {common}}}
   tiktok_forward: {{type: forward, vendor: tiktok, {common}}}
@@ -336,8 +341,9 @@ def _sent(platform: FakePlatform) -> str:
 def _received_by(platform: FakePlatform, destination: str) -> str:
     """What one destination's requests carried (the fake serves them all, told by path)."""
     prefix = {
-        "meta": "/v2",  # /v25.0/…; Pinterest's is /v5/
+        "meta": "/v2",  # /v25.0/…; Pinterest's is /v5/, Snap's /v3/
         "pinterest": "/v5/ad_accounts/",
+        "snapchat": "/v3/",
         "ga4": "/mp/",
         "tiktok": "/open_api/",
         "meta_forward": "/tr",
@@ -358,6 +364,7 @@ _WANTS: Final[dict[str, tuple[Platform, tuple[str, ...]]]] = {
     "ga4": ("google", SOURCES),
     "tiktok": ("tiktok", SOURCES),
     "pinterest": ("pinterest", SOURCES),
+    "snapchat": ("snapchat", SOURCES),
     "meta_forward": ("meta", ("meta_get", "meta_post")),
     "ga4_forward": ("google", ("ga4_get", "ga4_post")),
     "tiktok_forward": ("tiktok", ("tiktok",)),
@@ -454,6 +461,7 @@ def test_the_matrix_is_what_the_issue_asks() -> None:
         "ga4_mp",
         "tiktok_events",
         "pinterest_capi",
+        "snapchat_capi",
         "forward",
         "dry_run",
     }
