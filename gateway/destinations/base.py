@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from decimal import Decimal
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import orjson
 
@@ -280,3 +280,20 @@ def classify_by_status(answer: Answer, message: str | None = None) -> Result:
     if status in (408, 429) or status >= 500:
         return Result(Verdict.RETRY, text, retry_after_seconds(answer.headers))
     return Result(Verdict.DEAD, text)
+
+
+TOKEN_REFUSED: Final = frozenset({401, 403})
+"""HTTP statuses that blame the token, never an event: the destination waits for a working one."""
+
+
+def classify_refusal(
+    answer: Answer, status: int, text: str, batch_size: int, bad_event: frozenset[int]
+) -> Result:
+    """A refusal of a platform that speaks by HTTP status: the token's (the destination waits),
+    one bad event's (it spoils its whole request: isolate it), else as `classify_by_status`."""
+    if status in TOKEN_REFUSED:
+        return Result(Verdict.RETRY, text, auth=True)
+    if status in bad_event:
+        return Result(Verdict.SPLIT if batch_size > 1 else Verdict.DEAD, text)
+    by_status = classify_by_status(answer)
+    return Result(by_status.verdict, text, by_status.retry_after_s)

@@ -24,6 +24,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    classify_refusal,
     line_items,
     shown_url,
 )
@@ -207,8 +208,10 @@ def invalid_reason(payload: dict[str, Any]) -> str | None:
 # --- answers ----------------------------------------------------------------------------------
 
 # 401 (code 2, "Authentication failed") and 403 (code 29, not permitted on this ad account) are
-# the token's fault, never an event's: the destination waits for a working one.
-_AUTH_STATUSES: Final = frozenset({401, 403})
+# the token's fault, never an event's: the destination waits for a working one. One bad event
+# (400, 422) fails what it came with: isolate it. Events already processed are sent again with the
+# same `event_id`, which Pinterest deduplicates on.
+_BAD_EVENT: Final = frozenset({400, 422})
 
 
 def _text(body: object, status: int | None) -> str:
@@ -238,14 +241,7 @@ def classify_pinterest(answer: Answer, batch_size: int) -> Result:
         if received == processed:
             return Result(Verdict.SENT, f"num_events_processed={processed}")
         status = 422  # some failed: as Pinterest's own "not all events were processed"
-    text = _text(body, status)
-    if status in _AUTH_STATUSES:
-        return Result(Verdict.RETRY, text, auth=True)
-    if status in (400, 422):
-        # One bad event fails what it came with: isolate it. Events already processed are sent
-        # again with the same `event_id`, which Pinterest deduplicates on.
-        return Result(Verdict.SPLIT if batch_size > 1 else Verdict.DEAD, text)
-    return Result(by_status.verdict, text, by_status.retry_after_s)
+    return classify_refusal(answer, status, _text(body, status), batch_size, _BAD_EVENT)
 
 
 class PinterestCapi(Destination):

@@ -25,8 +25,8 @@ from gateway.destinations.base import (
     OutRequest,
     Rejected,
     Result,
-    Verdict,
     classify_by_status,
+    classify_refusal,
     line_items,
     shown_url,
 )
@@ -161,8 +161,10 @@ def conversion_event(event: Event) -> dict[str, JSON]:
 # --- answers ----------------------------------------------------------------------------------
 
 # 401: the conversion access token is invalid or revoked; 403: it has no right to this pixel.
-# Never an event's fault: the destination waits, events queued, for a working token.
-_AUTH_STATUSES: Final = frozenset({401, 403})
+# Never an event's fault: the destination waits, events queued, for a working token. One
+# malformed event (400, 422) refuses the whole request: isolate it. Events resent carry the same
+# `conversion_id`, which Reddit deduplicates on.
+_BAD_EVENT: Final = frozenset({400, 422})
 
 
 def _text(body: object, status: int | None) -> str:
@@ -184,14 +186,7 @@ def classify_reddit(answer: Answer, batch_size: int) -> Result:
         body = orjson.loads(answer.body) if answer.body else None
     except orjson.JSONDecodeError:
         body = None
-    text = _text(body, status)
-    if status in _AUTH_STATUSES:
-        return Result(Verdict.RETRY, text, auth=True)
-    if status in (400, 422):
-        # One malformed event refuses the whole request: isolate it. Events resent carry the
-        # same `conversion_id`, which Reddit deduplicates on.
-        return Result(Verdict.SPLIT if batch_size > 1 else Verdict.DEAD, text)
-    return Result(by_status.verdict, text, by_status.retry_after_s)
+    return classify_refusal(answer, status, _text(body, status), batch_size, _BAD_EVENT)
 
 
 class RedditCapi(Destination):

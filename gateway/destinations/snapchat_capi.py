@@ -24,6 +24,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
     classify_by_status,
+    classify_refusal,
     line_items,
     shown_url,
 )
@@ -187,6 +188,9 @@ def invalid_reason(payload: dict[str, Any]) -> str | None:
 # --- answers ----------------------------------------------------------------------------------
 
 
+_BAD_EVENT: Final = frozenset({400})
+
+
 def classify_snapchat(answer: Answer, batch_size: int) -> Result:
     """Snap's answer by HTTP status, its `status` and `reason` as the text."""
     try:
@@ -200,13 +204,9 @@ def classify_snapchat(answer: Answer, batch_size: int) -> Result:
     text = " ".join(str(body[k]) for k in ("status", "reason") if body.get(k)) or f"HTTP {status}"
     if 200 <= status < 300:
         return Result(Verdict.SENT, text)
-    if status in (401, 403):
-        # The token is wrong, expired or not for this pixel: no event is at fault.
-        return Result(Verdict.RETRY, text, auth=True)
-    if status == 400:
-        # INVALID: one event spoils the request (VerifySetUp); isolate it.
-        return Result(Verdict.SPLIT if batch_size > 1 else Verdict.DEAD, text)
-    return Result(by_status.verdict, text, by_status.retry_after_s)
+    # 401/403: the token is wrong, expired or not for this pixel, no event is at fault. 400
+    # INVALID: one event spoils the request (VerifySetUp); isolate it.
+    return classify_refusal(answer, status, text, batch_size, _BAD_EVENT)
 
 
 class SnapchatCapi(Destination):
