@@ -34,7 +34,7 @@ from gateway.config import Config
 from gateway.personal_data.hashing import sha256_hex
 from gateway.personal_data.platforms import Platform, hashed
 from tests.conftest import FakePlatform, Gateway, Recorded, eventually
-from tests.test_consent import GOOGLE, Core, disclosed
+from tests.rules.consent.tc_strings import GOOGLE, Core, disclosed
 
 Start = Callable[[Config], Awaitable[Gateway]]
 MakeConfig = Callable[[str], Config]
