@@ -35,7 +35,8 @@ from hits import PIXEL_LUA, QUERY, gateway_config, row, wrk
 sys.path.insert(0, str(REPO))
 
 from gateway import attribution, report
-from gateway.store import SCHEMA, Store
+from gateway.outbox import SQLITE_SCHEMA as SCHEMA
+from gateway.outbox import SqliteOutbox as Store
 
 PAIRS = 3
 PLAIN = QUERY
@@ -102,7 +103,7 @@ def hits(duration: int) -> None:
 async def store_cost(blocks: int = 6, adds: int = 2000) -> None:
     """CPU per `store.add` of one hit (one event, one delivery), without and with a touch row,
     alternating blocks in one store."""
-    from gateway.store import NewDelivery, NewEvent, NewTouch, Status
+    from gateway.outbox import NewDelivery, NewEvent, NewTouch, Status
 
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(str(Path(tmp) / "cost.sqlite3"), "normal")

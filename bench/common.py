@@ -68,7 +68,7 @@ def gateway_cmd(config: Path) -> list[str]:
 
 def preload(db: Path, rows: int, destination: str, status: str, payload: bytes | None) -> float:
     """Write `rows` events with one delivery each straight into a store file; returns seconds."""
-    from gateway.store import SCHEMA
+    from gateway.outbox import SQLITE_SCHEMA as SCHEMA
 
     started = time.monotonic()
     conn = sqlite3.connect(db)

@@ -47,7 +47,7 @@ FAKE_GA4 = textwrap.dedent(
 
 def preload(db: Path, rows: int) -> None:
     """`rows` queued GA4 deliveries, each a different visitor's page view."""
-    from gateway.store import SCHEMA
+    from gateway.outbox import SQLITE_SCHEMA as SCHEMA
 
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")

@@ -30,7 +30,8 @@ from common import REPO, cpu_note
 sys.path.insert(0, str(REPO))
 
 from gateway import report
-from gateway.store import SCHEMA, Store
+from gateway.outbox import SQLITE_SCHEMA as SCHEMA
+from gateway.outbox import SqliteOutbox as Store
 
 
 def fill(db: Path, events: int, now: float) -> None:

@@ -20,7 +20,7 @@ from common import REPO
 
 
 def _event(event_id: str) -> object:
-    from gateway.store import NewDelivery, NewEvent, Status
+    from gateway.outbox import NewDelivery, NewEvent, Status
 
     now = time.time()
     deliveries = [NewDelivery(d, Status.QUEUED, b"x" * 600) for d in ("meta", "ga4", "tiktok")]
@@ -28,7 +28,7 @@ def _event(event_id: str) -> object:
 
 
 async def _run(path: Path) -> tuple[float, float]:
-    from gateway.store import Store
+    from gateway.outbox import SqliteOutbox as Store
 
     store = await Store.open(str(path))
     try:
@@ -62,7 +62,7 @@ async def _run(path: Path) -> tuple[float, float]:
 def main() -> None:
     import structlog
 
-    from gateway import store as store_module
+    from gateway.outbox.sqlite import outbox as store_module
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     with tempfile.TemporaryDirectory() as tmp:

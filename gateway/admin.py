@@ -18,9 +18,8 @@ from typing import Final
 from aiohttp import web
 
 from gateway import attribution, report
+from gateway.outbox import DeliveryQuery, DeliveryRow, HourlyRow, Storage
 from gateway.pipeline import MATCH_KEYS
-from gateway.storage import Storage
-from gateway.store import DeliveryQuery, DeliveryRow
 from gateway.times import iso
 
 STATUS_COLOURS: Final = {
@@ -242,7 +241,7 @@ def _dead(rows: list[DeliveryRow]) -> str:
 
 def _html(
     built: report.Report,
-    hourly: list[tuple[float, str, str, int]],
+    hourly: list[HourlyRow],
     dead: list[DeliveryRow],
     window: report.Window,
     credited: attribution.Attribution,

@@ -29,6 +29,7 @@ from gateway.destinations.base import Destination
 from gateway.encoding import DecodedTooLarge, EncodingError, decode_body
 from gateway.event import ConsentState, Event
 from gateway.metrics import Metrics
+from gateway.outbox import Storage, open_outbox
 from gateway.pipeline import Pipeline
 from gateway.preview import HitTrace, Preview
 from gateway.preview import pages as preview_pages
@@ -36,7 +37,6 @@ from gateway.scripts import ScriptProxy
 from gateway.sources.base import Hit, Outcome, Source
 from gateway.sources.coerce import known_currency
 from gateway.sources.server import BodyError, ServerSource, authorized, parse_body
-from gateway.storage import Storage, open_storage
 
 log = structlog.get_logger("gateway.app")
 
@@ -185,7 +185,7 @@ async def _never_a_500(
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     storage = app[CONFIG].storage
-    store = await open_storage(storage.path, storage.url, storage.synchronous, exclusive=True)
+    store = await open_outbox(storage.path, storage.url, storage.synchronous, exclusive=True)
     try:
         released = await store.release_leases()
     except BaseException:

@@ -29,11 +29,10 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from gateway.event import Event
+from gateway.outbox import NewTouch, Storage
 from gateway.personal_data import normalize
 from gateway.personal_data.hashing import already_hashed, sha256_hex
 from gateway.sources.coerce import known_currency
-from gateway.storage import Storage
-from gateway.store import NewTouch
 from gateway.times import iso
 
 # Click IDs in the page URL, in the order they are looked for, and the channel each names.

@@ -26,7 +26,7 @@ from typing import Final
 import structlog
 
 from gateway.metrics import Metrics
-from gateway.store import Added, NewEvent, StoreClosed
+from gateway.outbox import Added, NewEvent, StoreClosed
 
 log = structlog.get_logger("gateway.backlog")
 

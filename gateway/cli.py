@@ -13,7 +13,7 @@ import orjson
 
 from gateway import config as config_module
 from gateway.config import Config, ConfigError
-from gateway.storage import Storage
+from gateway.outbox import Storage
 from gateway.terminal import printable
 from gateway.times import iso, parse_time
 
@@ -250,7 +250,7 @@ def _rule_label(rule: Any) -> str:
 
 
 def _query(args: argparse.Namespace, statuses: Sequence[str], limit: int) -> object:
-    from gateway.store import DeliveryQuery
+    from gateway.outbox import DeliveryQuery
 
     try:
         since = parse_time(args.since) if args.since else None
@@ -283,17 +283,17 @@ def _no_store(cfg: Config) -> bool:
 
 async def _open_existing(cfg: Config) -> Storage | None:
     """The configured store, or None when there is none (`_no_store`)."""
-    from gateway.storage import open_storage
+    from gateway.outbox import open_outbox
 
     if await asyncio.to_thread(_no_store, cfg):
         return None
-    return await open_storage(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
+    return await open_outbox(cfg.storage.path, cfg.storage.url, cfg.storage.synchronous)
 
 
 async def _known_destination(store: Storage, cfg: Config, destination: str | None) -> bool:
     """True unless `destination` is neither configured nor in the log (said on stderr); a
     destination taken out of the config keeps its rows, and they stay readable."""
-    from gateway.store import DeliveryQuery
+    from gateway.outbox import DeliveryQuery
 
     if destination is None or destination in cfg.destinations:
         return True
@@ -309,7 +309,7 @@ async def _known_destination(store: Storage, cfg: Config, destination: str | Non
 
 
 async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
-    from gateway.store import DeliveryQuery
+    from gateway.outbox import DeliveryQuery
 
     query = _query(args, args.status, max(1, args.limit))
     assert isinstance(query, DeliveryQuery)
@@ -364,7 +364,7 @@ async def _deliveries(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _replay(cfg: Config, args: argparse.Namespace) -> int:
-    from gateway.store import DeliveryQuery
+    from gateway.outbox import DeliveryQuery
 
     query = _query(args, args.status or ["dead"], 0)
     assert isinstance(query, DeliveryQuery)
@@ -375,7 +375,7 @@ async def _replay(cfg: Config, args: argparse.Namespace) -> int:
     import time
 
     from gateway.app import build_destinations
-    from gateway.store import REPLAY_REASONS
+    from gateway.outbox import REPLAY_REASONS
 
     now = time.time()
     # A row past its platform's age limit would only be refused again, whole batch and all.

@@ -26,8 +26,7 @@ import structlog
 
 from gateway.destinations.base import Answer, Destination, Item, OutRequest, Result, Verdict
 from gateway.metrics import Metrics
-from gateway.storage import Storage
-from gateway.store import Claimed, Finished, Status
+from gateway.outbox import Claimed, Finished, Status, Storage
 
 if TYPE_CHECKING:
     from gateway.preview import Preview

@@ -19,11 +19,10 @@ from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
 from gateway.event import PURPOSES, Consent, Event
 from gateway.metrics import Metrics
+from gateway.outbox import Added, NewDelivery, NewEvent, Status, Storage
 from gateway.personal_data.scrub import scrub_event
 from gateway.rules import consent as consent_rules
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
-from gateway.storage import Storage
-from gateway.store import Added, NewDelivery, NewEvent, Status
 
 if TYPE_CHECKING:
     from gateway.preview import HitTrace

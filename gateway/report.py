@@ -12,8 +12,8 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from gateway.outbox import Storage
 from gateway.pipeline import MATCH_KEYS
-from gateway.storage import Storage
 from gateway.terminal import printable
 from gateway.times import iso
 
@@ -243,24 +243,25 @@ async def _figures(store: Storage, window: Window) -> dict[tuple[str, str], Figu
     out: dict[tuple[str, str], Figures] = {}
     for row in await store.window(window.since, window.until):
         figures = Figures()
-        figures.counts = dict(zip(COUNTS, (int(v or 0) for v in row[2:9]), strict=True))
-        figures.deduplicable = int(row[9] or 0)
-        figures.keys = dict(zip(MATCH_KEYS, (int(v or 0) for v in row[10:16]), strict=True))
-        out[(row[0], row[1])] = figures
-    for dest, name, currency, total in await store.values(window.since, window.until):
-        if (dest, name) in out and total is not None:
-            out[(dest, name)].values[currency or "?"] = float(total)
+        figures.counts = dict(zip(COUNTS, (int(v or 0) for v in row.counts), strict=True))
+        figures.deduplicable = int(row.dedupable or 0)
+        figures.keys = dict(zip(MATCH_KEYS, (int(v or 0) for v in row.keys), strict=True))
+        out[(row.destination, row.event_name)] = figures
+    for value in await store.values(window.since, window.until):
+        line = out.get((value.destination, value.event_name))
+        if line is not None and value.total is not None:
+            line.values[value.currency or "?"] = float(value.total)
     return out
 
 
 async def _copies(store: Storage, window: Window) -> dict[str, Copies]:
     out: dict[str, Copies] = {}
-    for name, kind, count, lag in await store.overlap(window.since, window.until):
-        copies = out.setdefault(name, Copies())
-        if kind == "both":
-            copies.both, copies.median_lag_s = int(count), float(lag)
+    for row in await store.overlap(window.since, window.until):
+        copies = out.setdefault(row.event_name, Copies())
+        if row.kind == "both":
+            copies.both, copies.median_lag_s = int(row.copies), float(row.median_lag_s or 0)
         else:
-            setattr(copies, kind, int(count))
+            setattr(copies, row.kind, int(row.copies))
     return out
 
 

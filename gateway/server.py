@@ -21,7 +21,7 @@ from gateway import logs
 from gateway.app import create_app, ops_port
 from gateway.config import EMBEDDED, Config, Listen
 from gateway.guard import ConnectionGuard
-from gateway.store import StoreLocked
+from gateway.outbox import StoreLocked
 
 log = structlog.get_logger("gateway.server")
 

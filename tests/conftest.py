@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import config as config_module
 from gateway.app import STORE, create_app
 from gateway.config import Config
-from gateway.store import Store
+from gateway.outbox import SqliteOutbox as Store
 
 GIF_PREFIX = b"GIF89a"
 

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from gateway import cli
-from gateway.store import NewDelivery, NewEvent, Status, Store
+from gateway.outbox import NewDelivery, NewEvent, Status
+from gateway.outbox import SqliteOutbox as Store
 
 FIELDS = {
     "event_id",

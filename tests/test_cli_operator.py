@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from gateway import cli
-from gateway.store import DeliveryQuery, NewDelivery, NewEvent, Status, Store
+from gateway.outbox import DeliveryQuery, NewDelivery, NewEvent, Status
+from gateway.outbox import SqliteOutbox as Store
 
 Capture = pytest.CaptureFixture[str]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.storage import Storage
-from gateway.store import DeliveryQuery, NewDelivery, NewEvent, Status, Store
-from gateway.store_pg import PgStore
+from gateway.outbox import DeliveryQuery, NewDelivery, NewEvent, Status, Storage
+from gateway.outbox import PostgresOutbox as PgStore
+from gateway.outbox import SqliteOutbox as Store
 
 
 @pytest.fixture

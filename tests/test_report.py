@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from gateway import cli
+from gateway.outbox import NewDelivery, NewEvent, Status
+from gateway.outbox import SqliteOutbox as Store
 from gateway.pipeline import MATCH_KEYS
-from gateway.store import NewDelivery, NewEvent, Status, Store
 
 EMAIL, FBP = 1 << MATCH_KEYS.index("email"), 1 << MATCH_KEYS.index("fbp")
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from gateway import store as store_module
-from gateway.store import Claimed, DeliveryQuery, Finished, NewDelivery, NewEvent, Status, Store
+from gateway.outbox import Claimed, DeliveryQuery, Finished, NewDelivery, NewEvent, Status
+from gateway.outbox import SqliteOutbox as Store
+from gateway.outbox.sqlite import outbox as store_module
 
 
 def event(event_id: str, status: Status = Status.QUEUED, at: float | None = None) -> NewEvent:

@@ -16,17 +16,20 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from gateway import admin, report
-from gateway.store import (
+from gateway.outbox import (
     DEDUP_WINDOW_S,
     DeliveryQuery,
     Finished,
     NewDelivery,
     NewEvent,
     Status,
-    Store,
     StoreClosed,
 )
-from gateway.store_pg import _CLAIM, MIGRATIONS, PgStore
+from gateway.outbox import PostgresOutbox as PgStore
+from gateway.outbox import (
+    SqliteOutbox as Store,
+)
+from gateway.outbox.postgres.outbox import _CLAIM, MIGRATIONS
 
 
 def event(

@@ -29,12 +29,12 @@ import structlog
 from aiohttp import web
 
 from gateway.event import CLEAR_USER_FIELDS, HASHED_USER_FIELDS, JSON, Event
+from gateway.outbox import Added, NewEvent, Status
 from gateway.personal_data import hashing
 from gateway.pipeline import NOT_IN_EVENTS
 from gateway.preview.mask import MASK, Masker, mask_plain, personal_values, secret_name
 from gateway.rules.field_rules import RedactUrlParams
 from gateway.sources.forms import form_pairs
-from gateway.store import Added, NewEvent, Status
 
 if TYPE_CHECKING:
     from gateway.config import Config

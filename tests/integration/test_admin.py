@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from playwright.async_api import async_playwright
 
 from gateway.config import Config
-from gateway.store import NewDelivery, NewEvent, Status
+from gateway.outbox import NewDelivery, NewEvent, Status
 from tests.conftest import ARTIFACTS, CHROMIUM_FLAGS, Gateway
 
 Start = Callable[[Config], Awaitable[Gateway]]

@@ -16,8 +16,7 @@ import structlog
 
 from gateway import cli
 from gateway.config import Config
-from gateway.storage import open_storage
-from gateway.store import NewDelivery, NewEvent, NewTouch, Status
+from gateway.outbox import NewDelivery, NewEvent, NewTouch, Status, open_outbox
 from tests.conftest import Gateway
 
 Start = Callable[[Config], Awaitable[Gateway]]
@@ -277,7 +276,7 @@ async def test_the_secret_is_made_once_and_touches_go_with_retention(
     assert len(secret) == 32
     # A second store on the same storage (a replica, or the next start) reads the same secret.
     storage = gw.config.storage
-    other = await open_storage(storage.path, storage.url, storage.synchronous)
+    other = await open_outbox(storage.path, storage.url, storage.synchronous)
     try:
         assert other.visitor_secret == secret
     finally:

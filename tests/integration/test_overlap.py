@@ -16,7 +16,7 @@ import structlog
 
 from gateway import cli
 from gateway.config import Config
-from gateway.store import NewDelivery, NewEvent, Status
+from gateway.outbox import NewDelivery, NewEvent, Status
 from tests.conftest import Gateway
 
 Start = Callable[[Config], Awaitable[Gateway]]

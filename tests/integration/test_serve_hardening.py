@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from gateway.store import Store
+from gateway.outbox import SqliteOutbox as Store
 from tests.conftest import free_port, start_serve
 
 

@@ -33,18 +33,42 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar, overload
 
 import aiosqlite
 import structlog
 
-log = structlog.get_logger("gateway.store")
+from gateway.outbox.dialect import BLOCKS_DEDUP_SQL, Params, Style
+from gateway.outbox.records import (
+    DEDUP_WINDOW_S,
+    Added,
+    AttributionRows,
+    Claimed,
+    ConversionRow,
+    CreditRow,
+    DeliveryQuery,
+    DeliveryRow,
+    Finished,
+    HourlyRow,
+    Lease,
+    NewEvent,
+    NewTouch,
+    OverlapRow,
+    Status,
+    StoreClosed,
+    StoreLocked,
+    TouchCountRow,
+    ValueRow,
+    WindowRow,
+    WriteHealth,
+)
+from gateway.outbox.where import too_old, where
+
+log = structlog.get_logger("gateway.outbox.sqlite")
 
 T = TypeVar("T")
 
-DEDUP_WINDOW_S: Final = 48 * 3600
 _MAX_GROUP: Final = 2000
 """At most this many `add` calls share one transaction."""
 _KEYS_PER_QUERY: Final = 300
@@ -77,30 +101,6 @@ async def next_group(queue: asyncio.Queue[Q | None], limit: int) -> tuple[list[Q
             jobs.append(job)
     return jobs, stop
 
-
-class Status(StrEnum):
-    """A delivery row's state (docs/operations.md §5)."""
-
-    QUEUED = "queued"
-    SENT = "sent"
-    FAILED = "failed"  # last attempt failed; another is scheduled
-    DEAD = "dead"
-    DUPLICATE = "duplicate"
-    DROPPED_CONSENT = "dropped_consent"
-    DROPPED_RULE = "dropped_rule"
-
-
-PENDING: Final = (Status.QUEUED, Status.FAILED)
-REPLAY_REASONS: Final = {
-    "in_flight": "in flight (a worker is sending it)",
-    "later_copy": "a later copy of the event is queued or was sent within 48 hours",
-    "older_copy": "an older row of an event whose newest row was re-queued",
-    "too_old": "past the platform's age limit (it would be refused)",
-    "no_payload": "no payload kept",
-}
-"""Why `replay` leaves a row, as `replay_leftovers` counts them."""
-# A delivery in one of these states blocks a later copy of the same event (dedup).
-_BLOCKING: Final = (Status.QUEUED, Status.FAILED, Status.SENT)
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -235,92 +235,6 @@ _PRAGMAS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    """A delivery row to create with its event."""
-
-    destination: str
-    status: Status
-    payload: bytes | None = None
-    message: str | None = None
-    event_name: str | None = None
-    """The name this destination knows the event by, when a rule renamed it."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewTouch:
-    """One visitor key of an event, for attribution: a touch when `channel` is set."""
-
-    visitor: str
-    """The key's HMAC (`attribution.visitor_keys`)."""
-    channel: str | None = None
-    campaign: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event row and its delivery rows, as the pipeline hands them to the store."""
-
-    event_id: str
-    event_name: str
-    source: str
-    event_time: int
-    received_at: float
-    dedupable: bool
-    match_keys: int
-    deliveries: Sequence[NewDelivery]
-    value: str | None = None
-    currency: str | None = None
-    consent: str | None = None
-    touches: Sequence[NewTouch] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Added:
-    """What became of one added event: its row id and how many deliveries were duplicates."""
-
-    row: int
-    queued: int
-    duplicates: int
-    statuses: tuple[tuple[str, str], ...] = ()
-    """(destination, status) of each delivery row as written."""
-    deliveries: tuple[tuple[int, int | None], ...] = ()
-    """(delivery id, the delivery it duplicates) of each row, in the order of `statuses`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A due delivery leased to a worker."""
-
-    id: int
-    payload: bytes | None
-    attempts: int
-    event_time: int
-    first_attempt_at: float | None
-    leased_until: float = 0.0
-    """The lease as written by this claim: the token that says the row is still this
-    worker's when it extends or returns the lease."""
-
-
-Lease = tuple[int, float]
-"""A delivery row id and the `leased_until` its holder last wrote."""
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """The outcome of one attempt, written back to the delivery row."""
-
-    id: int
-    status: Status
-    attempts: int
-    next_attempt_at: float
-    http_status: int | None
-    message: str
-    latency_ms: float | None
-    first_attempt_at: float
-    erase_payload: bool
-
-
 @dataclass(slots=True)
 class _AddJob:
     events: Sequence[NewEvent]
@@ -339,35 +253,6 @@ class _Counters:
     next_delivery: int = 1
     commits: int = 0
     grouped: int = 0
-
-
-class StoreClosed(RuntimeError):
-    """The store is stopping or stopped; nothing more is accepted."""
-
-
-class StoreLocked(RuntimeError):
-    """Another `serve` process holds this SQLite file."""
-
-
-@dataclass(slots=True)
-class WriteHealth:
-    """Whether the last write transaction committed, for /readyz: a failed one makes the
-    gateway unready at once, the next good one ready again."""
-
-    failed_at: float | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.failed_at is None
-
-    def failed(self, exc: BaseException) -> None:
-        if self.failed_at is None:
-            self.failed_at = time.time()
-        self.error = type(exc).__name__
-
-    def succeeded(self) -> None:
-        self.failed_at = self.error = None
 
 
 def lock_file(path: str) -> int:
@@ -401,8 +286,8 @@ def _create_private(path: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-class Store:
-    """The outbox and log. Open with `await Store.open(path)`; close with `await close()`."""
+class SqliteOutbox:
+    """The outbox and log. Open with `await SqliteOutbox.open(path)`; close with `await close()`."""
 
     def __init__(self, path: str, conn: sqlite3.Connection, reader: aiosqlite.Connection):
         self.path = path
@@ -427,7 +312,9 @@ class Store:
         """The HMAC key of attribution's visitor keys, made once per store (set by `open`)."""
 
     @classmethod
-    async def open(cls, path: str, synchronous: str = "full", *, exclusive: bool = False) -> Store:
+    async def open(
+        cls, path: str, synchronous: str = "full", *, exclusive: bool = False
+    ) -> SqliteOutbox:
         """Open (creating if needed) the SQLite file, migrate, and start the writer.
 
         `exclusive` (what `serve` asks for) holds the file for the process's life: a second
@@ -682,7 +569,7 @@ class Store:
         )
         found: dict[tuple[str, str, str], int] = {}
         cutoff = time.time() - DEDUP_WINDOW_S
-        blocking = ",".join(f"'{s}'" for s in _BLOCKING)
+        blocking = BLOCKS_DEDUP_SQL
         for start in range(0, len(keys), _KEYS_PER_QUERY):
             chunk = keys[start : start + _KEYS_PER_QUERY]
             values = ",".join("(?, ?, ?)" for _ in chunk)
@@ -700,7 +587,7 @@ class Store:
                 " (SELECT MIN(d.id) FROM deliveries d WHERE d.destination = k.destination"
                 " AND d.event_name = k.event_name AND d.event_id = k.event_id"
                 " AND (d.created_at > ? OR d.updated_at > ?)"
-                f" AND d.status IN ({blocking})) FROM k"
+                f" AND d.status IN {blocking}) FROM k"
             )
             for dest, name, event_id, first in self._conn.execute(sql, params):
                 if first is not None:
@@ -846,13 +733,15 @@ class Store:
 
     async def deliveries(self, query: DeliveryQuery) -> list[DeliveryRow]:
         """Delivery-log rows, newest first."""
-        where, params = query.where()
+        bind = Params(Style.QMARK)
+        clause = where(query, bind)
+        params = bind.values
         sql = (
             "SELECT d.id, d.event_id, d.event_name, d.destination, d.status, d.attempts,"
             " d.http_status, d.message, d.latency_ms, d.created_at, d.updated_at,"
             " d.next_attempt_at, d.duplicate_of, e.source, d.payload"
             " FROM deliveries d JOIN events e ON e.id = d.event_row"
-            f" {where} ORDER BY d.id DESC LIMIT ?"
+            f" {clause} ORDER BY d.id DESC LIMIT ?"
         )
         async with self.reader.execute(sql, [*params, query.limit]) as cur:
             rows = await cur.fetchall()
@@ -866,19 +755,21 @@ class Store:
         later copy went out while this one lay dead), and of several matching rows of one key
         only the newest."""
         at = time.time() if now is None else now
-        where, params = query.where(prefix="d.")
-        blocking = ",".join(f"'{s}'" for s in _BLOCKING)
+        bind = Params(Style.QMARK)
+        clause = where(query, bind)
+        params = bind.values
+        blocking = BLOCKS_DEDUP_SQL
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, leased_until = 0,"
                 " updated_at = ?, message = 'replayed: ' || COALESCE(message, '')"
                 " WHERE id IN (SELECT MAX(d.id) FROM deliveries d"
-                f" {where} AND d.payload IS NOT NULL AND d.leased_until <= ?"
+                f" {clause} AND d.payload IS NOT NULL AND d.leased_until <= ?"
                 " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = d.destination"
                 " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.id != d.id"
                 " AND (o.created_at > ? OR o.updated_at > ?)"
-                f" AND o.status IN ({blocking}))"
+                f" AND o.status IN {blocking})"
                 " GROUP BY d.destination, d.event_name, d.event_id)",
                 [at, at, *params, at, at - DEDUP_WINDOW_S, at - DEDUP_WINDOW_S],
             )
@@ -894,18 +785,22 @@ class Store:
         event, it takes only the newest)."""
         at = time.time() if now is None else now
         base = dataclasses.replace(query, oldest=())
-        where, params = base.where()
-        old, old_params = query.too_old()
-        blocking = ",".join(f"'{s}'" for s in _BLOCKING)
+        old_bind = Params(Style.QMARK)
+        old = too_old(query, old_bind)
+        old_params = old_bind.values
+        bind = Params(Style.QMARK)
+        clause = where(base, bind)
+        params = bind.values
+        blocking = BLOCKS_DEDUP_SQL
         sql = (
             f"SELECT CASE WHEN {old} THEN 'too_old'"
             " WHEN d.payload IS NULL THEN 'no_payload'"
             " WHEN d.leased_until > ? THEN 'in_flight'"
             " WHEN EXISTS (SELECT 1 FROM deliveries o WHERE o.destination = d.destination"
             " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.id != d.id"
-            f" AND (o.created_at > ? OR o.updated_at > ?) AND o.status IN ({blocking}))"
+            f" AND (o.created_at > ? OR o.updated_at > ?) AND o.status IN {blocking})"
             " THEN 'later_copy' ELSE 'candidate' END, COUNT(*)"
-            f" FROM deliveries d {where} GROUP BY 1"
+            f" FROM deliveries d {clause} GROUP BY 1"
         )
         cutoff = at - DEDUP_WINDOW_S
         async with self.reader.execute(sql, [*old_params, at, cutoff, cutoff, *params]) as cur:
@@ -920,7 +815,7 @@ class Store:
         async with self.reader.execute(sql) as cur:
             return {row[0]: (int(row[1]), row[2]) for row in await cur.fetchall()}
 
-    async def window(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def window(self, since: float, until: float) -> list[WindowRow]:
         """Per destination and event name, the report's counts for events received in
         [since, until): in, sent, duplicate, dropped_consent, dropped_rule, dead, pending,
         deduplicable, then one count per match-key bit (pipeline.MATCH_KEYS order)."""
@@ -936,9 +831,9 @@ class Store:
             " GROUP BY d.destination, d.event_name ORDER BY d.destination, d.event_name"
         )
         async with self.reader.execute(sql, (since, until)) as cur:
-            return [tuple(row) for row in await cur.fetchall()]
+            return [WindowRow(*row) for row in await cur.fetchall()]
 
-    async def values(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def values(self, since: float, until: float) -> list[ValueRow]:
         """Per destination, event name and currency: the value sum of sent deliveries."""
         sql = (
             "SELECT d.destination, d.event_name, e.currency, SUM(CAST(e.value AS REAL))"
@@ -947,15 +842,15 @@ class Store:
             " AND d.status = 'sent' GROUP BY d.destination, d.event_name, e.currency"
         )
         async with self.reader.execute(sql, (since, until)) as cur:
-            return [tuple(row) for row in await cur.fetchall()]
+            return [ValueRow(*row) for row in await cur.fetchall()]
 
-    async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def overlap(self, since: float, until: float) -> list[OverlapRow]:
         """Pixel and server copies per event name (docs/operations.md §6): rows of (event_name,
         kind, count, median lag), kind `backend`, `browser` or `both`."""
         async with self.reader.execute(OVERLAP, (since, until, DEDUP_WINDOW_S)) as cur:
-            return [tuple(row) for row in await cur.fetchall()]
+            return [OverlapRow(*row) for row in await cur.fetchall()]
 
-    async def hourly(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def hourly(self, since: float, until: float) -> list[HourlyRow]:
         """Deliveries per hour, destination and status, for the admin page's chart."""
         sql = (
             "SELECT CAST(e.received_at / 3600 AS INTEGER) * 3600, d.destination, d.status,"
@@ -964,24 +859,22 @@ class Store:
             " GROUP BY 1, 2, 3 ORDER BY 1"
         )
         async with self.reader.execute(sql, (since, until)) as cur:
-            return [tuple(row) for row in await cur.fetchall()]
+            return [HourlyRow(*row) for row in await cur.fetchall()]
 
     async def attribution(
         self, event: str, since: float, until: float, window_s: float, first: bool
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    ) -> AttributionRows:
         """docs/operations.md §6: the copies of `event` received in [since, until) (event_id, value,
         currency; first copy first), the touch each is credited to (event_id, channel,
         campaign), and touches per channel and campaign in the window."""
         params = (event, since, until, window_s, 1 if first else -1)
-        out = []
-        for sql, args in (
-            (CONVERSIONS, params[:3]),
-            (CREDITS, params),
-            (TOUCHES, params[1:3]),
-        ):
-            async with self.reader.execute(sql, args) as cur:
-                out.append([tuple(row) for row in await cur.fetchall()])
-        return out[0], out[1], out[2]
+        async with self.reader.execute(CONVERSIONS, params[:3]) as cur:
+            conversions = [ConversionRow(*row) for row in await cur.fetchall()]
+        async with self.reader.execute(CREDITS, params) as cur:
+            credits = [CreditRow(*row) for row in await cur.fetchall()]
+        async with self.reader.execute(TOUCHES, params[1:3]) as cur:
+            touches = [TouchCountRow(*row) for row in await cur.fetchall()]
+        return AttributionRows(conversions, credits, touches)
 
     async def ping(self) -> None:
         """A write that reaches the file (a transaction that wrote nothing commits even on a
@@ -992,72 +885,6 @@ class Store:
     def commits(self) -> int:
         """Transactions committed since open (for tests and metrics)."""
         return self._ids.commits
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryQuery:
-    """Filters for reading or replaying the delivery log."""
-
-    statuses: Sequence[str] = ()
-    destination: str | None = None
-    event_id: str | None = None
-    since: float | None = None
-    until: float | None = None
-    limit: int = 100
-    oldest: tuple[tuple[str, int], ...] = ()
-    """(destination, oldest event_time) pairs: rows of an older event are left out. `replay`
-    sets it from each platform's age limit, past which a send is refused whole."""
-
-    def too_old(self, prefix: str = "d.") -> tuple[str, list[Any]]:
-        """A condition true for the rows `oldest` leaves out, and its parameters."""
-        if not self.oldest:
-            return "0", []
-        terms = [f"({prefix}destination = ? AND {prefix}event_time < ?)" for _ in self.oldest]
-        return "(" + " OR ".join(terms) + ")", [v for pair in self.oldest for v in pair]
-
-    def where(self, prefix: str = "d.") -> tuple[str, list[Any]]:
-        """A WHERE clause and its parameters."""
-        clauses: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if self.oldest:
-            condition, values = self.too_old(prefix)
-            clauses.append(f"NOT {condition}")
-            params.extend(values)
-        if self.statuses:
-            clauses.append(f"{prefix}status IN ({','.join('?' for _ in self.statuses)})")
-            params.extend(self.statuses)
-        for column, value in (("destination", self.destination), ("event_id", self.event_id)):
-            if value is not None:
-                clauses.append(f"{prefix}{column} = ?")
-                params.append(value)
-        if self.since is not None:
-            clauses.append(f"{prefix}created_at >= ?")
-            params.append(self.since)
-        if self.until is not None:
-            clauses.append(f"{prefix}created_at < ?")
-            params.append(self.until)
-        return "WHERE " + " AND ".join(clauses), params
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """One row of the delivery log as `tag-gateway deliveries` shows it."""
-
-    id: int
-    event_id: str
-    event_name: str
-    destination: str
-    status: str
-    attempts: int
-    http_status: int | None
-    message: str | None
-    latency_ms: float | None
-    created_at: float
-    updated_at: float
-    next_attempt_at: float
-    duplicate_of: int | None
-    source: str
-    payload: bytes | None
 
 
 @dataclass(frozen=True, slots=True)

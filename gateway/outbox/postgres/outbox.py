@@ -30,23 +30,32 @@ from typing import Any, Final, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 import structlog
 
-from gateway.store import (
+from gateway.outbox.dialect import BLOCKS_DEDUP_SQL, Params, Style
+from gateway.outbox.records import (
     DEDUP_WINDOW_S,
     Added,
+    AttributionRows,
     Claimed,
+    ConversionRow,
+    CreditRow,
     DeliveryQuery,
     DeliveryRow,
     Finished,
+    HourlyRow,
     Lease,
     NewEvent,
+    OverlapRow,
     Status,
     StoreClosed,
+    TouchCountRow,
+    ValueRow,
+    WindowRow,
     WriteHealth,
-    next_group,
-    touch_columns,
 )
+from gateway.outbox.sqlite.outbox import next_group, touch_columns
+from gateway.outbox.where import too_old, where
 
-log = structlog.get_logger("gateway.store_pg")
+log = structlog.get_logger("gateway.outbox.postgres")
 
 T = TypeVar("T")
 _Key = tuple[str, str, str]
@@ -161,8 +170,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 # Sets travel as arrays and come back out of unnest(): one statement for a whole group, where
 # SQLite uses executemany.
 
-_LIVE: Final = "('queued', 'failed', 'sent')"
-"""A delivery in one of these states blocks a later copy of the same event (as in Store)."""
+_LIVE: Final = BLOCKS_DEDUP_SQL
 
 # IDs are drawn from the identity sequences before inserting, so the group knows each event's
 # and delivery's id up front (RETURNING does not promise to keep the input order).
@@ -466,39 +474,6 @@ ORDER BY 1
 """
 
 
-def _where(query: DeliveryQuery, params: list[Any], prefix: str = "d.") -> str:
-    """`DeliveryQuery.where()` in PostgreSQL's numbered placeholders, appending to `params`."""
-
-    def bind(value: Any) -> str:
-        params.append(value)
-        return f"${len(params)}"
-
-    clauses = ["TRUE"]
-    if query.oldest:
-        clauses.append(f"NOT {_too_old(query, params, prefix)}")
-    if query.statuses:
-        clauses.append(f"{prefix}status = ANY({bind(list(query.statuses))}::text[])")
-    if query.destination is not None:
-        clauses.append(f"{prefix}destination = {bind(query.destination)}")
-    if query.event_id is not None:
-        clauses.append(f"{prefix}event_id = {bind(query.event_id)}")
-    if query.since is not None:
-        clauses.append(f"{prefix}created_at >= {bind(query.since)}")
-    if query.until is not None:
-        clauses.append(f"{prefix}created_at < {bind(query.until)}")
-    return "WHERE " + " AND ".join(clauses)
-
-
-def _too_old(query: DeliveryQuery, params: list[Any], prefix: str = "d.") -> str:
-    """`DeliveryQuery.too_old()` in numbered placeholders."""
-    terms = []
-    for destination, oldest in query.oldest:
-        params.extend((destination, oldest))
-        n = len(params)
-        terms.append(f"({prefix}destination = ${n - 1} AND {prefix}event_time < ${n})")
-    return "(" + " OR ".join(terms) + ")" if terms else "FALSE"
-
-
 def _rowcount(status: str) -> int:
     """The row count of a command tag such as 'UPDATE 3'."""
     return int(status.rsplit(" ", 1)[-1])
@@ -547,8 +522,8 @@ class _AddJob:
     future: asyncio.Future[list[Added]]
 
 
-class PgStore:
-    """The outbox and log on PostgreSQL. Open with `await PgStore.open(url)`; close with
+class PostgresOutbox:
+    """The outbox and log on PostgreSQL. Open with `await PostgresOutbox.open(url)`; close with
     `await close()`. `pool` is the asyncpg pool, for tests and tools that read raw rows."""
 
     def __init__(self, pool: Any) -> None:
@@ -567,7 +542,7 @@ class PgStore:
     @classmethod
     async def open(
         cls, url: str, synchronous: str = "full", *, min_size: int = 1, max_size: int = 10
-    ) -> PgStore:
+    ) -> PostgresOutbox:
         """Connect a pool to `url` (postgresql://...), migrate, and start the writer.
 
         `synchronous="normal"` sets `synchronous_commit=off` for this gateway's sessions, the
@@ -887,8 +862,10 @@ class PgStore:
         one that would be sent twice: see Store.requeue)."""
         self._check_open()
         at = time.time() if now is None else now
-        params: list[Any] = [at]
-        candidates_sql = _REPLAY_CANDIDATES.format(where=_where(query, params))
+        bind = Params(Style.NUMBERED)
+        bind(at)
+        candidates_sql = _REPLAY_CANDIDATES.format(where=where(query, bind))
+        params = bind.values
 
         async def run(conn: Any) -> int:
             candidates = await conn.fetch(candidates_sql, *params)
@@ -910,9 +887,12 @@ class PgStore:
     ) -> dict[str, int]:
         """As Store.replay_leftovers."""
         at = time.time() if now is None else now
-        params: list[Any] = [at, at - DEDUP_WINDOW_S]
-        old = _too_old(query, params)
-        where = _where(dataclasses.replace(query, oldest=()), params)
+        bind = Params(Style.NUMBERED)
+        bind(at)
+        bind(at - DEDUP_WINDOW_S)
+        old = too_old(query, bind)
+        clause = where(dataclasses.replace(query, oldest=()), bind)
+        params = bind.values
         sql = (
             f"SELECT CASE WHEN {old} THEN 'too_old'"
             " WHEN d.payload IS NULL THEN 'no_payload'"
@@ -921,7 +901,7 @@ class PgStore:
             " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.id <> d.id"
             f" AND (o.created_at > $2 OR o.updated_at > $2) AND o.status IN {_LIVE})"
             " THEN 'later_copy' ELSE 'candidate' END AS reason, COUNT(*) AS n"
-            f" FROM deliveries AS d {where} GROUP BY 1"
+            f" FROM deliveries AS d {clause} GROUP BY 1"
         )
         rows = await self.pool.fetch(sql, *params)
         return {str(row["reason"]): int(row["n"]) for row in rows}
@@ -935,48 +915,49 @@ class PgStore:
 
     async def deliveries(self, query: DeliveryQuery) -> list[DeliveryRow]:
         """Delivery-log rows, newest first."""
-        params: list[Any] = []
-        where = _where(query, params)
-        params.append(query.limit)
-        sql = _DELIVERIES.format(where=where, limit=f"${len(params)}")
-        return [DeliveryRow(*row) for row in await self.pool.fetch(sql, *params)]
+        bind = Params(Style.NUMBERED)
+        clause = where(query, bind)
+        sql = _DELIVERIES.format(where=clause, limit=bind(query.limit))
+        return [DeliveryRow(*row) for row in await self.pool.fetch(sql, *bind.values)]
 
     async def queue_stats(self) -> dict[str, tuple[int, float | None]]:
         """Per destination: pending deliveries and when the oldest of them was created."""
         rows = await self.pool.fetch(_QUEUE_STATS)
         return {row[0]: (int(row[1]), row[2]) for row in rows}
 
-    async def window(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def window(self, since: float, until: float) -> list[WindowRow]:
         """Per destination and event name, the report's counts (as `Store.window`)."""
-        return [tuple(row) for row in await self.pool.fetch(_WINDOW, since, until)]
+        return [WindowRow(*row) for row in await self.pool.fetch(_WINDOW, since, until)]
 
-    async def values(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def values(self, since: float, until: float) -> list[ValueRow]:
         """Per destination, event name and currency: the value sum of sent deliveries."""
-        return [tuple(row) for row in await self.pool.fetch(_VALUES, since, until)]
+        return [ValueRow(*row) for row in await self.pool.fetch(_VALUES, since, until)]
 
     async def attribution(
         self, event: str, since: float, until: float, window_s: float, first: bool
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    ) -> AttributionRows:
         """Conversions, credits and touch counts (as `Store.attribution`)."""
         direction = 1.0 if first else -1.0
         async with self.pool.acquire() as conn:
             conversions = await conn.fetch(_CONVERSIONS, event, since, until)
             credits = await conn.fetch(_CREDITS, event, since, until, float(window_s), direction)
             touched = await conn.fetch(_TOUCHES, since, until)
-        return (
-            [tuple(r) for r in conversions],
-            [tuple(r) for r in credits],
-            [(r[0], r[1], int(r[2])) for r in touched],
+        return AttributionRows(
+            [ConversionRow(*r) for r in conversions],
+            [CreditRow(*r) for r in credits],
+            [TouchCountRow(r[0], r[1], int(r[2])) for r in touched],
         )
 
-    async def overlap(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def overlap(self, since: float, until: float) -> list[OverlapRow]:
         """Pixel and server copies per event name (as `Store.overlap`)."""
         rows = await self.pool.fetch(_OVERLAP, since, until, float(DEDUP_WINDOW_S))
-        return [(r[0], r[1], int(r[2]), None if r[3] is None else float(r[3])) for r in rows]
+        return [
+            OverlapRow(r[0], r[1], int(r[2]), None if r[3] is None else float(r[3])) for r in rows
+        ]
 
-    async def hourly(self, since: float, until: float) -> list[tuple[Any, ...]]:
+    async def hourly(self, since: float, until: float) -> list[HourlyRow]:
         """Deliveries per hour, destination and status, for the admin page's chart."""
-        return [tuple(row) for row in await self.pool.fetch(_HOURLY, since, until)]
+        return [HourlyRow(*row) for row in await self.pool.fetch(_HOURLY, since, until)]
 
     @property
     def commits(self) -> int:
