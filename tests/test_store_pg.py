@@ -29,7 +29,8 @@ from gateway.outbox import PostgresOutbox as PgStore
 from gateway.outbox import (
     SqliteOutbox as Store,
 )
-from gateway.outbox.postgres.outbox import _CLAIM, MIGRATIONS
+from gateway.outbox.postgres.outbox import _CLAIM
+from gateway.outbox.postgres.schema import MIGRATIONS
 
 
 def event(

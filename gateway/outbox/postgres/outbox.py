@@ -1,68 +1,40 @@
-"""The PostgreSQL outbox and delivery log: many gateway replicas on one shared database.
+"""The PostgreSQL backend: many gateway replicas on one shared database (`storage.url`).
 
-The same interface as `gateway.store.Store` (SQLite), with the same records and semantics:
+The same interface, records and semantics as SQLite's, by the same shared code; what differs:
 
-- `add` returns only after COMMIT, and concurrent `add` calls that arrive while a transaction
-  runs are merged into the next one (group commit), by one writer task per replica.
-- Workers in every replica claim due rows with `FOR UPDATE SKIP LOCKED`: a row another replica
-  is claiming at that instant is skipped, and one it has leased is not due until the lease ends.
-- Dedup is race-free across replicas through `dedup_keys`, one row per (destination, event
-  name, event id) with a primary key: see `_DEDUP_CLAIM`.
+- Only `add` goes through the writer task (one per replica): PostgreSQL takes concurrent
+  writers, so the worker's statements and `write` run on pooled connections of their own,
+  retried where that is safe (see `_write`).
+- Ids come from the identity sequences; dedup is race-free across replicas through
+  `dedup_keys` (postgres/dedup.py); picking rows to change skips those another replica holds
+  (`FOR UPDATE SKIP LOCKED`).
 - `release_leases` frees only expired leases: on a shared database the other leases belong to
   replicas that are alive and sending (see its docstring).
-- Migrations run at open, under a transaction-scoped advisory lock, so replicas that start
-  together apply them once, one after the other.
-
-Timestamps are epoch seconds in DOUBLE PRECISION, as SQLite's REAL, so callers see the same
-numbers from either store. Every statement is below, in one place.
+- Sets travel as arrays and come back out of unnest(): one statement for a whole group.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
-import structlog
 
-from gateway.outbox.dialect import BLOCKS_DEDUP_SQL, Params, Style
-from gateway.outbox.records import (
-    DEDUP_WINDOW_S,
-    Added,
-    AttributionRows,
-    Claimed,
-    ConversionRow,
-    CreditRow,
-    DeliveryQuery,
-    DeliveryRow,
-    Finished,
-    HourlyRow,
-    Lease,
-    NewEvent,
-    OverlapRow,
-    Status,
-    StoreClosed,
-    TouchCountRow,
-    ValueRow,
-    WindowRow,
-    WriteHealth,
-)
-from gateway.outbox.sqlite.outbox import next_group, touch_columns
-from gateway.outbox.where import too_old, where
-
-log = structlog.get_logger("gateway.outbox.postgres")
+from gateway.outbox import plan
+from gateway.outbox.base import OutboxBase, Row, Tx
+from gateway.outbox.dialect import PENDING_SQL, Dialect, Style
+from gateway.outbox.group import FnJob, log
+from gateway.outbox.postgres import dedup
+from gateway.outbox.postgres.schema import migrate
+from gateway.outbox.records import DEDUP_WINDOW_S, Added, DeliveryQuery, Lease, NewEvent
+from gateway.outbox.statements import Statements
+from gateway.outbox.where import where
 
 T = TypeVar("T")
-_Key = tuple[str, str, str]
-"""(destination, event name, event id): what dedup compares."""
 
-_MAX_GROUP: Final = 2000
-"""At most this many `add` calls share one transaction (as in Store)."""
 _ATTEMPTS: Final = 3
 """Tries of a write that failed in a way that is safe to try again (see `_write`)."""
 _ABORTED: Final = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -75,102 +47,23 @@ _CONNECTION_LOST: Final = (
     OSError,
 )
 """The connection broke (a server restart, a failover, an idle connection cut)."""
-_MIGRATION_LOCK: Final = 0x7461_672D_6761_7465
-"""pg_advisory_xact_lock key for migrations ("tag-gate" in ASCII); any app-wide constant."""
 
-# --- schema ----------------------------------------------------------------------------------
-
-_SCHEMA_VERSION: Final = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    version INTEGER PRIMARY KEY,
-    applied_at DOUBLE PRECISION NOT NULL
+# SQLite's CAST(text AS REAL) reads a non-number as 0; PostgreSQL's cast raises, which would
+# fail the whole report. So: numbers (exponent at most two digits, inside float8's range) are
+# cast, anything else counts 0. Values come from finite decimals (sources/coerce.py) anyway.
+SQL: Final = Statements(
+    Dialect(
+        Style.POSTGRES,
+        skip_locked="\n    FOR UPDATE SKIP LOCKED",
+        # Byte order, as SQLite sorts, whatever the database's locale.
+        collate=' COLLATE "C"',
+        value_sum=r"""SUM(CASE WHEN e.value ~ '^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,2})?\s*$'
+                THEN e.value::float8 ELSE 0 END)""",
+        # trunc(), not a cast: CAST(float AS bigint) rounds in PostgreSQL, truncates in SQLite.
+        hour="trunc(e.received_at / 3600)::bigint * 3600",
+    )
 )
-"""
-
-MIGRATIONS: Final[tuple[str, ...]] = (
-    # 1: SQLite's schema in PostgreSQL types, plus dedup_keys. IF NOT EXISTS throughout, so a
-    # half-restored database (tables without schema_version) still migrates.
-    """
-    CREATE TABLE IF NOT EXISTS events (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        event_id TEXT NOT NULL,
-        event_name TEXT NOT NULL,
-        source TEXT NOT NULL,
-        event_time BIGINT NOT NULL,
-        received_at DOUBLE PRECISION NOT NULL,
-        dedupable BOOLEAN NOT NULL,
-        match_keys INTEGER NOT NULL,
-        value TEXT,
-        currency TEXT,
-        consent TEXT
-    );
-    CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
-
-    -- fillfactor: room on each page, so a claim (which sets only leased_until, an unindexed
-    -- column) is a HOT update that touches no index.
-    CREATE TABLE IF NOT EXISTS deliveries (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        event_row BIGINT NOT NULL REFERENCES events (id),
-        event_id TEXT NOT NULL,
-        event_name TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        status TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        event_time BIGINT NOT NULL,
-        next_attempt_at DOUBLE PRECISION NOT NULL,
-        leased_until DOUBLE PRECISION NOT NULL DEFAULT 0,
-        first_attempt_at DOUBLE PRECISION,
-        http_status INTEGER,
-        message TEXT,
-        latency_ms DOUBLE PRECISION,
-        duplicate_of BIGINT,
-        created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL,
-        payload BYTEA
-    ) WITH (fillfactor = 80);
-    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, next_attempt_at, id)
-        WHERE status IN ('queued', 'failed');
-    CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_row);
-    CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
-    CREATE INDEX IF NOT EXISTS deliveries_event_id ON deliveries (event_id);
-
-    -- Who holds each dedup key: the delivery that won it and when. The primary key is what
-    -- makes dedup race-free across replicas (SQLite needs no such table: it has one writer).
-    CREATE TABLE IF NOT EXISTS dedup_keys (
-        destination TEXT NOT NULL,
-        event_name TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        delivery_id BIGINT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (destination, event_name, event_id)
-    );
-    CREATE INDEX IF NOT EXISTS dedup_keys_delivery ON dedup_keys (delivery_id);
-    """,
-    # 2: attribution's touches and the store's secrets (as in SQLite's SCHEMA).
-    """
-    CREATE TABLE IF NOT EXISTS touches (
-        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-        event_row BIGINT NOT NULL,
-        event_id TEXT NOT NULL,
-        event_name TEXT NOT NULL,
-        received_at DOUBLE PRECISION NOT NULL,
-        visitor TEXT NOT NULL,
-        channel TEXT,
-        campaign TEXT
-    );
-    CREATE INDEX IF NOT EXISTS touches_visitor ON touches (visitor, received_at)
-        WHERE channel IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS touches_received ON touches (received_at);
-    CREATE TABLE IF NOT EXISTS store_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
-    """,
-)
-"""Schema migrations, applied in order; version N is MIGRATIONS[N - 1]. Append, never edit."""
-
-# --- statements --------------------------------------------------------------------------------
-# Sets travel as arrays and come back out of unnest(): one statement for a whole group, where
-# SQLite uses executemany.
-
-_LIVE: Final = BLOCKS_DEDUP_SQL
+_CLAIM: Final = SQL.claim
 
 # IDs are drawn from the identity sequences before inserting, so the group knows each event's
 # and delivery's id up front (RETURNING does not promise to keep the input order).
@@ -180,44 +73,12 @@ SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'id')::regclass)
        ARRAY(SELECT nextval(pg_get_serial_sequence('deliveries', 'id')::regclass)
              FROM generate_series(1, $2::int))
 """
-
-# Dedup, step 1: take each key that is free; lock each that is not (ON CONFLICT DO UPDATE locks
-# the row even where its WHERE is false). The key row is the lock: a replica inserting a key
-# another has just inserted waits for that transaction, then sees its committed row.
-_DEDUP_CLAIM: Final = """
-INSERT INTO dedup_keys AS k (destination, event_name, event_id, delivery_id, created_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[])
-ON CONFLICT (destination, event_name, event_id) DO UPDATE
-    SET delivery_id = excluded.delivery_id, created_at = excluded.created_at
-    WHERE FALSE
-RETURNING k.destination, k.event_name, k.event_id
-"""
-# Step 2, for the keys step 1 did not get: does the holder still block? A new statement, so a
-# new snapshot that sees every committed holder; the key rows stay locked by step 1. It blocks
-# while live and within 48 hours of arriving or of its last send, attempt or replay (as Store).
-_DEDUP_HOLDERS: Final = f"""
-SELECT k.destination, k.event_name, k.event_id, k.delivery_id,
-       COALESCE(d.status IN {_LIVE} AND (d.created_at > $4 OR d.updated_at > $4), FALSE)
-FROM unnest($1::text[], $2::text[], $3::text[]) AS q (destination, event_name, event_id)
-JOIN dedup_keys AS k USING (destination, event_name, event_id)
-LEFT JOIN deliveries AS d ON d.id = k.delivery_id
-"""
-# Step 3: keys whose holder no longer blocks (dead, dropped, pruned, past its 48 hours) pass to
-# this group's first copy.
-_DEDUP_TAKE_OVER: Final = """
-INSERT INTO dedup_keys AS k (destination, event_name, event_id, delivery_id, created_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[])
-ON CONFLICT (destination, event_name, event_id) DO UPDATE
-    SET delivery_id = excluded.delivery_id, created_at = excluded.created_at
-"""
-
 _INSERT_EVENTS: Final = """
 INSERT INTO events (id, event_id, event_name, source, event_time, received_at, dedupable,
                     match_keys, value, currency, consent)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                      $6::float8[], $7::bool[], $8::int[], $9::text[], $10::text[], $11::text[])
 """
-
 # next_attempt_at, created_at and updated_at all start as the event's received_at.
 _INSERT_DELIVERIES: Final = """
 INSERT INTO deliveries (id, event_row, event_id, event_name, destination, status, event_time,
@@ -229,197 +90,31 @@ FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::
     AS t (id, event_row, event_id, event_name, destination, status, event_time, received_at,
           message, duplicate_of, payload)
 """
-
-# SKIP LOCKED: rows another replica is claiming right now are passed over, not waited for. A
-# row it claimed and committed is re-checked against the WHERE and is no longer due.
-_CLAIM: Final = """
-UPDATE deliveries SET leased_until = $1
-WHERE id IN (
-    SELECT id FROM deliveries
-    WHERE destination = $2 AND status IN ('queued', 'failed')
-      AND next_attempt_at <= $3 AND leased_until <= $3
-    ORDER BY next_attempt_at, id
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED)
-RETURNING id, payload, attempts, event_time, first_attempt_at, leased_until
-"""
-
-# A lease is extended or returned only while it is still as its holder wrote it: a row that
-# was finished (lease 0) or that another replica claimed after a stall is not touched.
-_EXTEND_LEASES: Final = """
-UPDATE deliveries AS d SET leased_until = $1
-FROM unnest($2::bigint[], $3::float8[]) AS l (id, held)
-WHERE d.id = l.id AND d.leased_until = l.held AND d.status IN ('queued', 'failed')
-RETURNING d.id
-"""
-_RETURN_LEASES: Final = """
-UPDATE deliveries AS d SET leased_until = 0
-FROM unnest($1::bigint[], $2::float8[]) AS l (id, held)
-WHERE d.id = l.id AND d.leased_until = l.held AND d.status IN ('queued', 'failed')
-"""
-
-_FINISH: Final = """
-UPDATE deliveries AS d SET
-    status = o.status, attempts = o.attempts, next_attempt_at = o.next_attempt_at,
-    http_status = o.http_status, message = o.message, latency_ms = o.latency_ms,
-    first_attempt_at = COALESCE(d.first_attempt_at, o.first_attempt_at), updated_at = $1,
-    leased_until = 0, payload = CASE WHEN o.erase_payload THEN NULL ELSE d.payload END
-FROM unnest($2::bigint[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[],
-            $8::float8[], $9::float8[], $10::bool[])
-    AS o (id, status, attempts, next_attempt_at, http_status, message, latency_ms,
-          first_attempt_at, erase_payload)
-WHERE d.id = o.id
-"""
-
-# Replicas prune at the same time: SKIP LOCKED lets each take its own batch. A pruned row's
-# dedup key goes with it (in SQLite the key is the row itself), which bounds dedup_keys.
-_PRUNE_DELIVERIES: Final = """
-WITH gone AS (
-    DELETE FROM deliveries WHERE id IN (
-        SELECT id FROM deliveries
-        WHERE created_at < $1 AND status NOT IN ('queued', 'failed')
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id
-), keys AS (
-    DELETE FROM dedup_keys WHERE delivery_id IN (SELECT id FROM gone)
-)
-SELECT COUNT(*) FROM gone
-"""
-_PRUNE_EVENTS: Final = """
-DELETE FROM events WHERE id IN (
-    SELECT e.id FROM events AS e
-    WHERE e.received_at < $1
-      AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_row = e.id)
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED)
-"""
-
-_RELEASE_EXPIRED: Final = """
-UPDATE deliveries SET leased_until = 0
-WHERE id IN (
-    SELECT id FROM deliveries
-    WHERE status IN ('queued', 'failed') AND leased_until > 0 AND leased_until <= $1
-    FOR UPDATE SKIP LOCKED)
-"""
-
-_NEXT_DUE: Final = """
-SELECT MIN(next_attempt_at) FROM deliveries
-WHERE destination = $1 AND status IN ('queued', 'failed')
-"""
-
-_DELIVERIES: Final = """
-SELECT d.id, d.event_id, d.event_name, d.destination, d.status, d.attempts, d.http_status,
-       d.message, d.latency_ms, d.created_at, d.updated_at, d.next_attempt_at,
-       d.duplicate_of, e.source, d.payload
-FROM deliveries AS d JOIN events AS e ON e.id = d.event_row
-{where}
-ORDER BY d.id DESC
-LIMIT {limit}
-"""
-
-# Replay, as in Store.requeue, in three statements of one transaction: pick candidates (the
-# newest matching row of each key, not in flight); lock their dedup keys with dedup step 1, in
-# the ingest's own order, so an ingest of the same key on another replica either committed
-# before (and the next statement sees its copy) or waits for this one (and finds the replayed
-# row holding the key); then re-queue those still eligible, every condition checked again on
-# the row itself. Keys before rows, as the ingest; finish touches rows only.
-_REPLAY_CANDIDATES: Final = """
-SELECT DISTINCT ON (d.destination, d.event_name, d.event_id)
-       d.id, d.status, d.destination, d.event_name, d.event_id
-FROM deliveries AS d
-{where} AND d.payload IS NOT NULL AND d.leased_until <= $1
-ORDER BY d.destination, d.event_name, d.event_id, d.id DESC
-"""
-_REPLAY: Final = f"""
-WITH replayed AS (
-    UPDATE deliveries AS d SET status = 'queued', next_attempt_at = $1, leased_until = 0,
-        updated_at = $1, message = 'replayed: ' || COALESCE(d.message, '')
-    FROM unnest($3::bigint[], $4::text[]) AS c (id, status)
-    WHERE d.id = c.id AND d.status = c.status AND d.payload IS NOT NULL
-      AND d.leased_until <= $1
-      AND NOT EXISTS (
-          SELECT 1 FROM deliveries AS o
-          WHERE o.destination = d.destination AND o.event_name = d.event_name
-            AND o.event_id = d.event_id AND o.id <> d.id
-            AND (o.created_at > $2 OR o.updated_at > $2) AND o.status IN {_LIVE})
-    RETURNING d.destination, d.event_name, d.event_id, d.id
-)
-UPDATE dedup_keys AS k SET delivery_id = r.id, created_at = $1
-FROM replayed AS r
-WHERE (k.destination, k.event_name, k.event_id) = (r.destination, r.event_name, r.event_id)
-"""
-
-_QUEUE_STATS: Final = """
-SELECT destination, COUNT(*), MIN(created_at) FROM deliveries
-WHERE status IN ('queued', 'failed')
-GROUP BY destination
-"""
-
-_KEY_SUMS: Final = ", ".join(f"SUM((e.match_keys >> {bit}) & 1)" for bit in range(6))
-"""One count per match-key bit (pipeline.MATCH_KEYS order)."""
-
-# COUNT(*) FILTER where SQLite sums booleans (PostgreSQL has no SUM(boolean)). COLLATE "C":
-# byte order, as SQLite sorts, whatever the database's locale.
-_WINDOW: Final = f"""
-SELECT d.destination, d.event_name, COUNT(*),
-       COUNT(*) FILTER (WHERE d.status = 'sent'),
-       COUNT(*) FILTER (WHERE d.status = 'duplicate'),
-       COUNT(*) FILTER (WHERE d.status = 'dropped_consent'),
-       COUNT(*) FILTER (WHERE d.status = 'dropped_rule'),
-       COUNT(*) FILTER (WHERE d.status = 'dead'),
-       COUNT(*) FILTER (WHERE d.status IN ('queued', 'failed')),
-       COUNT(*) FILTER (WHERE e.dedupable),
-       {_KEY_SUMS}
-FROM events AS e JOIN deliveries AS d ON d.event_row = e.id
-WHERE e.received_at >= $1 AND e.received_at < $2
-GROUP BY d.destination, d.event_name
-ORDER BY d.destination COLLATE "C", d.event_name COLLATE "C"
-"""
-
-# SQLite's CAST(text AS REAL) reads a non-number as 0; PostgreSQL's cast raises, which would
-# fail the whole report. So: numbers (exponent at most two digits, inside float8's range) are
-# cast, anything else counts 0. Values come from finite decimals (sources/coerce.py) anyway.
-_VALUES: Final = r"""
-SELECT d.destination, d.event_name, e.currency,
-       SUM(CASE WHEN e.value ~ '^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,2})?\s*$'
-                THEN e.value::float8 ELSE 0 END)
-FROM events AS e JOIN deliveries AS d ON d.event_row = e.id
-WHERE e.received_at >= $1 AND e.received_at < $2 AND e.value IS NOT NULL
-  AND d.status = 'sent'
-GROUP BY d.destination, d.event_name, e.currency
-"""
-
-# As store.OVERLAP. Each CTE is read twice, so PostgreSQL materializes it once.
-_OVERLAP: Final = """
-WITH s AS (
-    SELECT event_name, event_id, MIN(received_at) AS t FROM events
-    WHERE received_at >= $1 AND received_at < $2 AND source = 'server'
-    GROUP BY event_name, event_id
-), b AS (
-    SELECT event_name, event_id, MIN(received_at) AS t FROM events
-    WHERE received_at >= $1 AND received_at < $2 AND source <> 'server'
-      AND event_name IN (SELECT event_name FROM s)
-    GROUP BY event_name, event_id
-), p AS (
-    SELECT s.event_name, ABS(s.t - b.t) AS lag FROM s
-    JOIN b ON b.event_name = s.event_name AND b.event_id = s.event_id
-    WHERE ABS(s.t - b.t) <= $3
-), r AS (
-    SELECT event_name, lag, ROW_NUMBER() OVER (PARTITION BY event_name ORDER BY lag) AS i,
-           COUNT(*) OVER (PARTITION BY event_name) AS n
-    FROM p
-)
-SELECT event_name, 'backend', COUNT(*), NULL::float8 FROM s GROUP BY event_name
-UNION ALL SELECT event_name, 'browser', COUNT(*), NULL::float8 FROM b GROUP BY event_name
-UNION ALL SELECT event_name, 'both', n, AVG(lag) FROM r
-    WHERE i IN ((n + 1) / 2, (n + 2) / 2) GROUP BY event_name, n
-"""
-
 _INSERT_TOUCHES: Final = """
 INSERT INTO touches (event_row, event_id, event_name, received_at, visitor, channel, campaign)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::text[],
                      $6::text[], $7::text[])
+"""
+
+# A lease is extended or returned only while it is still as its holder wrote it: a row that
+# was finished (lease 0) or that another replica claimed after a stall is not touched.
+_EXTEND_LEASES: Final = f"""
+UPDATE deliveries AS d SET leased_until = $1
+FROM unnest($2::bigint[], $3::float8[]) AS l (id, held)
+WHERE d.id = l.id AND d.leased_until = l.held AND d.status IN {PENDING_SQL}
+RETURNING d.id
+"""
+_RETURN_LEASES: Final = f"""
+UPDATE deliveries AS d SET leased_until = 0
+FROM unnest($1::bigint[], $2::float8[]) AS l (id, held)
+WHERE d.id = l.id AND d.leased_until = l.held AND d.status IN {PENDING_SQL}
+"""
+_RELEASE_EXPIRED: Final = f"""
+UPDATE deliveries SET leased_until = 0
+WHERE id IN (
+    SELECT id FROM deliveries
+    WHERE status IN {PENDING_SQL} AND leased_until > 0 AND leased_until <= $1
+    FOR UPDATE SKIP LOCKED)
 """
 
 # Every replica opens with the same secret: the first to insert makes it. Read in a statement
@@ -429,113 +124,36 @@ INSERT INTO store_secrets (name, value) VALUES ('visitor_key', $1) ON CONFLICT (
 """
 _READ_VISITOR_KEY: Final = "SELECT value FROM store_secrets WHERE name = 'visitor_key'"
 
-_PRUNE_TOUCHES: Final = """
-DELETE FROM touches WHERE id IN (
-    SELECT id FROM touches WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
-"""
 
-# As store.CONVERSIONS, CREDITS and TOUCHES.
-_CONVERSIONS: Final = """
-SELECT event_id, value, currency FROM events
-WHERE event_name = $1 AND received_at >= $2 AND received_at < $3
-ORDER BY received_at, id
-"""
-_CREDITS: Final = """
-WITH c AS (
-    SELECT event_id, MIN(received_at) AS t FROM events
-    WHERE event_name = $1 AND received_at >= $2 AND received_at < $3
-    GROUP BY event_id
-), k AS (
-    SELECT DISTINCT c.event_id, c.t, v.visitor FROM touches AS v
-    JOIN c ON c.event_id = v.event_id
-    WHERE v.event_name = $1 AND v.received_at >= $2 AND v.received_at < $3
-), m AS (
-    SELECT k.event_id, t.channel, t.campaign,
-           ROW_NUMBER() OVER (PARTITION BY k.event_id
-                              ORDER BY t.received_at * $5, t.id * $5) AS n
-    FROM k JOIN touches AS t ON t.visitor = k.visitor AND t.channel IS NOT NULL
-        AND t.received_at >= k.t - $4 AND t.received_at <= k.t
-)
-SELECT event_id, channel, campaign FROM m WHERE n = 1
-"""
-_TOUCHES: Final = """
-SELECT channel, campaign, COUNT(DISTINCT event_row) FROM touches
-WHERE channel IS NOT NULL AND received_at >= $1 AND received_at < $2
-GROUP BY channel, campaign
-"""
+class PgTx:
+    """`Tx` on a pooled asyncpg connection."""
 
-# trunc(), not a cast: CAST(float AS bigint) rounds in PostgreSQL, truncates in SQLite.
-_HOURLY: Final = """
-SELECT trunc(e.received_at / 3600)::bigint * 3600, d.destination, d.status, COUNT(*)
-FROM events AS e JOIN deliveries AS d ON d.event_row = e.id
-WHERE e.received_at >= $1 AND e.received_at < $2
-GROUP BY 1, 2, 3
-ORDER BY 1
-"""
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run a statement; the rows it changed."""
+        return _rowcount(await self.conn.execute(sql, *params))
+
+    async def fetch(self, sql: str, *params: Any) -> list[Row]:
+        """Run a statement; the rows it returned."""
+        return list(await self.conn.fetch(sql, *params))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row of parameters (asyncpg: all or none)."""
+        await self.conn.executemany(sql, rows)
 
 
-def _rowcount(status: str) -> int:
-    """The row count of a command tag such as 'UPDATE 3'."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-def _transpose(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows to columns: the arrays that unnest() turns back into rows."""
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-def _columns(keys: Sequence[_Key]) -> tuple[list[str], list[str], list[str]]:
-    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-
-
-async def migrate(conn: Any) -> int:
-    """Apply the migrations this database lacks; returns its schema version.
-
-    The advisory lock is taken before anything else, even the CREATE of schema_version:
-    concurrent `CREATE TABLE IF NOT EXISTS` can fail on PostgreSQL's catalog. It is released
-    at COMMIT, and DDL is transactional, so a replica that waited sees the finished schema.
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(_SCHEMA_VERSION)
-        current = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
-        if current > len(MIGRATIONS):
-            # A newer release migrated; migrations only add, so this one can still run.
-            log.warning("store.schema_newer", version=current, known=len(MIGRATIONS))
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            await conn.execute(MIGRATIONS[version - 1])
-            await conn.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
-                version,
-                time.time(),
-            )
-            log.info("store.migrated", version=version)
-            current = version
-    return current
-
-
-@dataclass(slots=True)
-class _AddJob:
-    events: Sequence[NewEvent]
-    future: asyncio.Future[list[Added]]
-
-
-class PostgresOutbox:
-    """The outbox and log on PostgreSQL. Open with `await PostgresOutbox.open(url)`; close with
+class PostgresOutbox(OutboxBase):
+    """The outbox on PostgreSQL. Open with `await PostgresOutbox.open(url)`; close with
     `await close()`. `pool` is the asyncpg pool, for tests and tools that read raw rows."""
 
+    sql = SQL
+
     def __init__(self, pool: Any) -> None:
+        super().__init__()
         self.pool = pool
-        self._queue: asyncio.Queue[_AddJob | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
         self._commits = 0
-        self.write_health = WriteHealth()
-        self.on_queued: Callable[[Iterable[str]], None] = lambda destinations: None
-        """Called after a commit with the destinations that got new queued rows (only this
-        replica's: the others find them when they next look, within a second)."""
         self.visitor_secret = b""
         """The HMAC key of attribution's visitor keys, one for all replicas (set by `open`)."""
 
@@ -565,18 +183,13 @@ class PostgresOutbox:
             raise
         store = cls(pool)
         store.visitor_secret = secret
-        store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
+        store._start_writer()
         return store
 
     async def close(self) -> None:
         """Finish every queued write, then close the pool."""
-        if self._closing:
-            return
-        self._closing = True
-        await self._queue.put(None)
-        if self._writer is not None:
-            await self._writer
-        await self.pool.close()
+        if await self._stop_writer():
+            await self.pool.close()
 
     async def ping(self) -> None:
         """A trivial round trip, for /readyz: raises when the database is unreachable."""
@@ -587,26 +200,26 @@ class PostgresOutbox:
             raise
         self.write_health.succeeded()
 
-    # --- writes ------------------------------------------------------------------------------
+    @property
+    def commits(self) -> int:
+        """Transactions committed since open (for tests and metrics)."""
+        return self._commits
 
-    async def add(self, events: Sequence[NewEvent]) -> list[Added]:
-        """Store events and their deliveries; returns once they are committed."""
-        self._check_open()
-        future: asyncio.Future[list[Added]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_AddJob(events, future))
-        return await future
+    # --- writes ------------------------------------------------------------------------------
 
     async def write(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run `fn(connection)` in a transaction of its own; its result after COMMIT.
 
-        Unlike Store's, this does not join the `add` group: PostgreSQL takes concurrent
+        Unlike SQLite's, this does not join the `add` group: PostgreSQL takes concurrent
         writers, so only hits need the writer task."""
         self._check_open()
         return await self._write(fn)
 
-    def _check_open(self) -> None:
-        if self._closing:
-            raise StoreClosed("store is closing")
+    async def _transact(self, fn: Callable[[Tx], Awaitable[T]], *, one_statement: bool) -> T:
+        return await self._write(lambda conn: fn(PgTx(conn)), transaction=not one_statement)
+
+    async def _read(self, sql: str, *params: Any) -> list[Row]:
+        return list(await self.pool.fetch(sql, *params))
 
     async def _write(self, fn: Callable[[Any], Awaitable[T]], *, transaction: bool = True) -> T:
         """Run `fn` on a pooled connection, in a transaction unless it is one statement.
@@ -640,32 +253,10 @@ class PostgresOutbox:
             self.write_health.succeeded()
             return result
 
-    async def _write_loop(self) -> None:
-        stop = False
-        while not stop:
-            jobs, stop = await next_group(self._queue, _MAX_GROUP)
-            if jobs:
-                await self._run_group(jobs)
-
-    async def _run_group(self, jobs: list[_AddJob]) -> None:
-        events = [e for job in jobs for e in job.events]
-        try:
-            added = await self._write(lambda conn: self._insert(conn, events))
-        except Exception as exc:
-            log.error("store.write_failed", error=type(exc).__name__, detail=str(exc)[:200])
-            for failed in jobs:
-                if not failed.future.done():
-                    failed.future.set_exception(exc)
-            return
-        offset = 0
-        for job in jobs:
-            n = len(job.events)
-            if not job.future.done():
-                job.future.set_result(added[offset : offset + n])
-            offset += n
-        touched = {dest for a in added for dest, status in a.statuses if status == Status.QUEUED}
-        if touched:
-            self.on_queued(touched)
+    async def _commit_group(
+        self, events: list[NewEvent], fns: list[FnJob]
+    ) -> tuple[list[Added], list[Any]]:
+        return await self._write(lambda conn: self._insert(conn, events)), []
 
     async def _insert(self, conn: Any, events: Sequence[NewEvent]) -> list[Added]:
         """One group's rows, inside its transaction."""
@@ -674,143 +265,25 @@ class PostgresOutbox:
         n_deliveries = sum(len(e.deliveries) for e in events)
         event_ids, delivery_ids = await conn.fetchrow(_ALLOCATE_IDS, len(events), n_deliveries)
         # Ascending, so ids follow the order of arrival within the group, as in SQLite.
-        next_delivery = iter(sorted(delivery_ids))
-        planned = []
-        firsts: dict[_Key, tuple[int, float]] = {}
-        for event in events:
-            rows = []
-            for d in event.deliveries:
-                delivery_id = next(next_delivery)
-                key = None
-                if d.status is Status.QUEUED:
-                    key = (d.destination, d.event_name or event.event_name, event.event_id)
-                    firsts.setdefault(key, (delivery_id, event.received_at))
-                rows.append((d, delivery_id, key))
-            planned.append(rows)
-        holders = await self._hold_keys(conn, firsts)
+        planned = plan.assign(events, sorted(event_ids), iter(sorted(delivery_ids)))
+        live = await dedup.live_holders(conn, planned.firsts)
+        rows = plan.rows(planned, plan.holders(planned, live))
+        await conn.execute(_INSERT_EVENTS, *plan.columns(rows.events, 11))
+        await conn.execute(_INSERT_DELIVERIES, *plan.columns(rows.deliveries, 11))
+        if rows.touches:
+            await conn.execute(_INSERT_TOUCHES, *plan.columns(rows.touches, 7))
+        return rows.added
 
-        event_rows: list[tuple[Any, ...]] = []
-        delivery_rows: list[tuple[Any, ...]] = []
-        added: list[Added] = []
-        touch_rows: list[tuple[Any, ...]] = []
-        for event, row, rows in zip(events, sorted(event_ids), planned, strict=True):
-            for t in event.touches:
-                touch_rows.append(
-                    (row, event.event_id, event.event_name, event.received_at, *touch_columns(t))
-                )
-            event_rows.append(
-                (
-                    row,
-                    event.event_id,
-                    event.event_name,
-                    event.source,
-                    event.event_time,
-                    event.received_at,
-                    event.dedupable,
-                    event.match_keys,
-                    event.value,
-                    event.currency,
-                    event.consent,
-                )
-            )
-            queued = duplicates = 0
-            statuses: list[tuple[str, str]] = []
-            ids: list[tuple[int, int | None]] = []
-            for d, delivery_id, key in rows:
-                status, payload, message, duplicate_of = d.status, d.payload, d.message, None
-                if key is not None:
-                    holder = holders[key]
-                    if holder == delivery_id:
-                        queued += 1
-                    else:
-                        status, payload, duplicate_of = Status.DUPLICATE, None, holder
-                        message = f"duplicate of delivery {holder}"
-                        duplicates += 1
-                statuses.append((d.destination, str(status)))
-                ids.append((delivery_id, duplicate_of))
-                delivery_rows.append(
-                    (
-                        delivery_id,
-                        row,
-                        event.event_id,
-                        d.event_name or event.event_name,
-                        d.destination,
-                        str(status),
-                        event.event_time,
-                        event.received_at,
-                        message,
-                        duplicate_of,
-                        payload,
-                    )
-                )
-            added.append(Added(row, queued, duplicates, tuple(statuses), tuple(ids)))
-        await conn.execute(_INSERT_EVENTS, *_transpose(event_rows, 11))
-        await conn.execute(_INSERT_DELIVERIES, *_transpose(delivery_rows, 11))
-        if touch_rows:
-            await conn.execute(_INSERT_TOUCHES, *_transpose(touch_rows, 7))
-        return added
+    # --- what differs from SQLite --------------------------------------------------------------
 
-    async def _hold_keys(self, conn: Any, firsts: dict[_Key, tuple[int, float]]) -> dict[_Key, int]:
-        """For each key, the delivery that holds it after this group: an earlier live one
-        within 48 hours (from any replica), else this group's first copy."""
-        if not firsts:
-            return {}
-        # One lock order for every replica, so two groups sharing keys cannot deadlock.
-        keys = sorted(firsts)
-        cutoff = time.time() - DEDUP_WINDOW_S
-        ours = [firsts[k][0] for k in keys], [firsts[k][1] for k in keys]
-        won = await conn.fetch(_DEDUP_CLAIM, *_columns(keys), *ours)
-        holders = {k: firsts[k][0] for k in (tuple(r) for r in won)}
-        lost = [k for k in keys if k not in holders]
-        if not lost:
-            return holders
-        blocking = await conn.fetch(_DEDUP_HOLDERS, *_columns(lost), cutoff)
-        for dest, name, event_id, holder, live in blocking:
-            if live:
-                holders[(dest, name, event_id)] = int(holder)
-        # Holders that are dead, dropped or pruned no longer block (as in Store).
-        free = [k for k in lost if k not in holders]
-        if free:
-            ids, created = [firsts[k][0] for k in free], [firsts[k][1] for k in free]
-            await conn.execute(_DEDUP_TAKE_OVER, *_columns(free), ids, created)
-            holders.update((k, firsts[k][0]) for k in free)
-        return holders
-
-    async def claim(
-        self, destination: str, limit: int, lease_s: float, now: float | None = None
-    ) -> list[Claimed]:
-        """Lease up to `limit` due deliveries of one destination, oldest due first; rows
-        another replica holds are skipped, never waited for."""
-        self._check_open()
-        at = time.time() if now is None else now
-        rows = await self._write(
-            lambda conn: conn.fetch(_CLAIM, at + lease_s, destination, at, limit),
-            transaction=False,
-        )
-        return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
-
-    async def finish(self, outcomes: Sequence[Finished], now: float | None = None) -> None:
-        """Write attempt outcomes back and release their leases."""
-        if not outcomes:
-            return
-        self._check_open()
-        at = time.time() if now is None else now
-        columns = (
-            [o.id for o in outcomes],
-            [str(o.status) for o in outcomes],
-            [o.attempts for o in outcomes],
-            [o.next_attempt_at for o in outcomes],
-            [o.http_status for o in outcomes],
-            [o.message[:1000] for o in outcomes],
-            [o.latency_ms for o in outcomes],
-            [o.first_attempt_at for o in outcomes],
-            [o.erase_payload for o in outcomes],
-        )
-        await self._write(lambda conn: conn.execute(_FINISH, at, *columns), transaction=False)
+    async def _prune_deliveries(self, tx: Tx, older_than: float, batch: int) -> int:
+        sql = dedup.PRUNE_DELIVERIES.format(prunable=self.sql.prunable_deliveries)
+        rows = await tx.fetch(sql, older_than, batch)
+        return int(rows[0][0])
 
     async def extend_leases(self, leases: Sequence[Lease], until: float) -> list[int]:
-        """Move leases still held as written to `until`; returns the ids extended (see
-        Store.extend_leases)."""
+        """Move leases still held as written to `until`; returns the ids extended (a row
+        finished meanwhile, or claimed by another replica after a stall, is left alone)."""
         if not leases:
             return []
         self._check_open()
@@ -831,22 +304,10 @@ class PostgresOutbox:
         )
         return _rowcount(status)
 
-    async def prune(self, older_than: float, batch: int = 500) -> int:
-        """Delete up to `batch` final delivery rows created before `older_than` (and their
-        dedup keys), and events left with no delivery; returns how many delivery rows went."""
-        self._check_open()
-
-        async def run(conn: Any) -> int:
-            deleted = int(await conn.fetchval(_PRUNE_DELIVERIES, older_than, batch))
-            await conn.execute(_PRUNE_EVENTS, older_than, batch)
-            return deleted + _rowcount(await conn.execute(_PRUNE_TOUCHES, older_than, batch))
-
-        return await self._write(run)
-
     async def release_leases(self) -> int:
         """On boot: clear leases that have run out; returns how many.
 
-        Unlike Store's, this never frees a live lease: on a shared database it may belong to
+        Unlike SQLite's, this never frees a live lease: on a shared database it may belong to
         another replica that is sending the row right now. A crashed replica's rows come back
         when their lease ends (`claim` treats `leased_until <= now` as free); clearing the
         expired ones changes nothing for `claim`, it only counts what a crash left behind.
@@ -859,107 +320,28 @@ class PostgresOutbox:
 
     async def requeue(self, query: DeliveryQuery, now: float | None = None) -> int:
         """Put dead or failed deliveries matching `query` back in the queue, due now (never
-        one that would be sent twice: see Store.requeue)."""
+        one that would be sent twice: see postgres/dedup.py's REPLAY)."""
         self._check_open()
         at = time.time() if now is None else now
-        bind = Params(Style.NUMBERED)
-        bind(at)
-        candidates_sql = _REPLAY_CANDIDATES.format(where=where(query, bind))
-        params = bind.values
+        bind = SQL.dialect.params(at)
+        candidates_sql = dedup.REPLAY_CANDIDATES.format(where=where(query, bind))
 
         async def run(conn: Any) -> int:
-            candidates = await conn.fetch(candidates_sql, *params)
+            candidates = await conn.fetch(candidates_sql, *bind.values)
             if not candidates:
                 return 0
             by_key = {(c[2], c[3], c[4]): c for c in candidates}
-            keys = sorted(by_key)  # the order _hold_keys locks in
+            keys = sorted(by_key)  # the order live_holders locks in
             ids = [by_key[k]["id"] for k in keys]
-            await conn.fetch(_DEDUP_CLAIM, *_columns(keys), ids, [at] * len(keys))
+            await conn.fetch(dedup.DEDUP_CLAIM, *dedup.key_columns(keys), ids, [at] * len(keys))
             status = await conn.execute(
-                _REPLAY, at, at - DEDUP_WINDOW_S, ids, [by_key[k]["status"] for k in keys]
+                dedup.REPLAY, at, at - DEDUP_WINDOW_S, ids, [by_key[k]["status"] for k in keys]
             )
             return _rowcount(status)
 
         return await self._write(run)
 
-    async def replay_leftovers(
-        self, query: DeliveryQuery, now: float | None = None
-    ) -> dict[str, int]:
-        """As Store.replay_leftovers."""
-        at = time.time() if now is None else now
-        bind = Params(Style.NUMBERED)
-        bind(at)
-        bind(at - DEDUP_WINDOW_S)
-        old = too_old(query, bind)
-        clause = where(dataclasses.replace(query, oldest=()), bind)
-        params = bind.values
-        sql = (
-            f"SELECT CASE WHEN {old} THEN 'too_old'"
-            " WHEN d.payload IS NULL THEN 'no_payload'"
-            " WHEN d.leased_until > $1 THEN 'in_flight'"
-            " WHEN EXISTS (SELECT 1 FROM deliveries AS o WHERE o.destination = d.destination"
-            " AND o.event_name = d.event_name AND o.event_id = d.event_id AND o.id <> d.id"
-            f" AND (o.created_at > $2 OR o.updated_at > $2) AND o.status IN {_LIVE})"
-            " THEN 'later_copy' ELSE 'candidate' END AS reason, COUNT(*) AS n"
-            f" FROM deliveries AS d {clause} GROUP BY 1"
-        )
-        rows = await self.pool.fetch(sql, *params)
-        return {str(row["reason"]): int(row["n"]) for row in rows}
 
-    # --- reads -------------------------------------------------------------------------------
-
-    async def next_due(self, destination: str) -> float | None:
-        """When the earliest pending delivery of a destination is due, or None if none is."""
-        due = await self.pool.fetchval(_NEXT_DUE, destination)
-        return None if due is None else float(due)
-
-    async def deliveries(self, query: DeliveryQuery) -> list[DeliveryRow]:
-        """Delivery-log rows, newest first."""
-        bind = Params(Style.NUMBERED)
-        clause = where(query, bind)
-        sql = _DELIVERIES.format(where=clause, limit=bind(query.limit))
-        return [DeliveryRow(*row) for row in await self.pool.fetch(sql, *bind.values)]
-
-    async def queue_stats(self) -> dict[str, tuple[int, float | None]]:
-        """Per destination: pending deliveries and when the oldest of them was created."""
-        rows = await self.pool.fetch(_QUEUE_STATS)
-        return {row[0]: (int(row[1]), row[2]) for row in rows}
-
-    async def window(self, since: float, until: float) -> list[WindowRow]:
-        """Per destination and event name, the report's counts (as `Store.window`)."""
-        return [WindowRow(*row) for row in await self.pool.fetch(_WINDOW, since, until)]
-
-    async def values(self, since: float, until: float) -> list[ValueRow]:
-        """Per destination, event name and currency: the value sum of sent deliveries."""
-        return [ValueRow(*row) for row in await self.pool.fetch(_VALUES, since, until)]
-
-    async def attribution(
-        self, event: str, since: float, until: float, window_s: float, first: bool
-    ) -> AttributionRows:
-        """Conversions, credits and touch counts (as `Store.attribution`)."""
-        direction = 1.0 if first else -1.0
-        async with self.pool.acquire() as conn:
-            conversions = await conn.fetch(_CONVERSIONS, event, since, until)
-            credits = await conn.fetch(_CREDITS, event, since, until, float(window_s), direction)
-            touched = await conn.fetch(_TOUCHES, since, until)
-        return AttributionRows(
-            [ConversionRow(*r) for r in conversions],
-            [CreditRow(*r) for r in credits],
-            [TouchCountRow(r[0], r[1], int(r[2])) for r in touched],
-        )
-
-    async def overlap(self, since: float, until: float) -> list[OverlapRow]:
-        """Pixel and server copies per event name (as `Store.overlap`)."""
-        rows = await self.pool.fetch(_OVERLAP, since, until, float(DEDUP_WINDOW_S))
-        return [
-            OverlapRow(r[0], r[1], int(r[2]), None if r[3] is None else float(r[3])) for r in rows
-        ]
-
-    async def hourly(self, since: float, until: float) -> list[HourlyRow]:
-        """Deliveries per hour, destination and status, for the admin page's chart."""
-        return [HourlyRow(*row) for row in await self.pool.fetch(_HOURLY, since, until)]
-
-    @property
-    def commits(self) -> int:
-        """Transactions committed since open (for tests and metrics)."""
-        return self._commits
+def _rowcount(status: str) -> int:
+    """The row count of a command tag such as 'UPDATE 3'."""
+    return int(status.rsplit(" ", 1)[-1])
