@@ -28,7 +28,12 @@ TYPES: Final[dict[str, type[Destination]]] = {
     )
 }
 
-# dry_run records a hit in its own vendor's format, or in any type's format by name.
+# forward hashes a tag's plain-text value by the rules of that vendor's own destination.
+Forward.match_rules_of.update({cls.vendor: cls.match_rules for cls in TYPES.values() if cls.vendor})
+
+# dry_run records a hit in its own vendor's format, or in any type's format by name, and the
+# canonical record's user data as Meta's.
+DryRun.canonical_user = MetaCapi.user_data
 for _cls in TYPES.values():
     DryRun.previews[_cls.type] = _cls.preview
     DryRun.requirements[_cls.type] = _cls.default_requires

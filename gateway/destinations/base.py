@@ -21,6 +21,7 @@ from typing import ClassVar, Final
 import orjson
 
 from gateway.event import JSON, Content, Event, json_number
+from gateway.personal_data.match_keys import Rules
 from gateway.settings import DestinationSettings
 
 
@@ -113,6 +114,9 @@ class Destination(ABC):
 
     type: ClassVar[str]
     vendor: ClassVar[str | None] = None
+    match_rules: ClassVar[Rules] = {}
+    """How this platform normalizes each canonical user field before hashing (its table of
+    `personal_data.match_keys` rules); a field not in it is never sent."""
     settings_model: ClassVar[builtins.type[DestinationSettings]]
     max_batch: ClassVar[int] = 1000
     """The platform's own per-request event limit."""

@@ -21,8 +21,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
 )
-from gateway.destinations.meta_capi import meta_user_data
-from gateway.event import JSON, Event
+from gateway.event import JSON, Event, User
 from gateway.settings import DestinationSettings
 
 CANONICAL_REQUIRES: Final = ("ad_storage", "ad_user_data")
@@ -48,7 +47,7 @@ def _plain(value: object) -> JSON:
 
 def canonical_payload(event: Event) -> JSON:
     """The canonical event as JSON, user data hashed (Meta's rules) and never in plain text."""
-    hashed = meta_user_data(event.user)
+    hashed = DryRun.canonical_user(event.user)
     body = {
         "event_id": event.event_id,
         "event_name": event.event_name,
@@ -82,6 +81,9 @@ class DryRun(Destination):
     """Filled by the registry: vendor or destination type → the consent that format needs."""
     vendors: ClassVar[list[str]] = []
     """Filled by the registry: the vendors whose hits `format: auto` records in their format."""
+    canonical_user: ClassVar[Callable[[User], dict[str, str]]]
+    """Filled by the registry: the canonical record's `user`, hashed as Meta's `user_data` (its
+    keys are the canonical fields' short names, and Meta's rules hash every one of them)."""
 
     def _format(self, event: Event) -> str | None:
         """The vendor or type whose format this event is recorded in; None for canonical."""

@@ -13,7 +13,7 @@ import base64
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 from urllib.parse import quote
 
 import orjson
@@ -33,7 +33,7 @@ from gateway.destinations.base import (
 from gateway.event import JSON, Event, RawHit
 from gateway.personal_data.detect import personal_field, personal_param, personal_text
 from gateway.personal_data.hashing import already_hashed
-from gateway.personal_data.platforms import hashed
+from gateway.personal_data.match_keys import Rules, hashed
 from gateway.personal_data.scrub import GONE, strip_personal
 from gateway.rules.url_params import rewrite_pairs
 from gateway.settings import DestinationSettings
@@ -122,7 +122,7 @@ class _Gate:
         if not value.strip() or already_hashed(value.strip()) is not None:
             return value
         field = USER_KEYS.get(match[1])
-        return hashed("meta", field, value) if field else None
+        return hashed(_rules("meta"), field, value) if field else None
 
     # --- GA4 gtag: query and body lines ---
 
@@ -142,7 +142,7 @@ class _Gate:
             # The user ID is the shop's external_id: never on disk in plain text
             # (docs/operations.md §5).
             # Hashed by the rule ga4_mp hashes its user_id by, so both copies agree.
-            return hashed("google", "external_id", value)
+            return hashed(_rules("ga4"), "external_id", value)
         if key == "em":
             return _google_user_data(value)
         if _GA4_ITEM.fullmatch(key):
@@ -231,6 +231,11 @@ _TIKTOK_USER: Final[dict[str, str]] = {
 }
 
 
+def _rules(vendor: str) -> Rules:
+    """The vendor's own destination's table: a tag's value is hashed as it would hash it."""
+    return Forward.match_rules_of[vendor]
+
+
 def _google_user_data(value: str) -> str:
     segments = []
     for segment in value.split("~"):
@@ -246,7 +251,7 @@ def _google_user_data(value: str) -> str:
 
 def _google_segment(key: str, value: str) -> str | None:
     """One `em` segment value hashed by Google's rules, as gtag sends it (base64url, no padding)."""
-    hexdigest = hashed("google", _GOOGLE_FIELDS[key.rstrip("0123456789")], value)
+    hexdigest = hashed(_rules("ga4"), _GOOGLE_FIELDS[key.rstrip("0123456789")], value)
     if hexdigest is None:
         return None
     return base64.urlsafe_b64encode(bytes.fromhex(hexdigest)).rstrip(b"=").decode()
@@ -269,7 +274,7 @@ def _tiktok_hash(value: object, field: str) -> str | None:
         return None
     if already_hashed(value.strip()) is not None:
         return value
-    return hashed("tiktok", field, value)
+    return hashed(_rules("tiktok"), field, value)
 
 
 def _is_urlencoded(content_type: str | None) -> bool:
@@ -336,6 +341,9 @@ class Forward(Destination):
     can_limit = False  # the original hit cannot be stripped of identifiers and stay itself
 
     settings: ForwardSettings
+    match_rules_of: ClassVar[dict[str, Rules]] = {}
+    """Filled by the registry: vendor → its own destination's `match_rules`, so a tag's
+    plain-text value is hashed here exactly as that destination hashes the canonical field."""
 
     @property
     def requires(self) -> tuple[str, ...]:

@@ -31,8 +31,9 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, ConsentState, Event, User, json_number
+from gateway.personal_data import match_keys as mk
 from gateway.personal_data.hashing import sha256_hex
-from gateway.personal_data.platforms import clear, hashed
+from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings
 
 log = structlog.get_logger("gateway.destinations.ga4_mp")
@@ -81,23 +82,39 @@ class Ga4MpSettings(DestinationSettings):
 # --- user data (docs/platforms.md §2.3) -----------------------------------------------------------
 
 
+# How Google normalizes user-provided data (docs/platforms.md §2.3); city, state, zip and
+# country are sent in clear (`clear`), never hashed.
+MATCH_RULES: Final[Rules] = {
+    "email": fixed(mk.email_dotless_gmail),
+    "phone": mk.phone_e164,
+    "first_name": fixed(mk.name_words),
+    "last_name": fixed(mk.name_words),
+    "street": fixed(mk.street),
+    "city": fixed(mk.name_words),
+    "state": fixed(mk.name_words),
+    "zip": fixed(mk.lower),
+    "country": fixed(mk.country_upper),
+    "external_id": fixed(mk.lower),
+}
+
+
 def google_user_data(user: User) -> dict[str, JSON]:
     """`user_data` by Google's rules: email, phone and names hashed (hex), the rest in clear."""
     data: dict[str, JSON] = {}
     country = user.country
-    email = hashed("google", "email", user.email)
+    email = mk.hashed(MATCH_RULES, "email", user.email)
     if email:
         data["sha256_email_address"] = [email]
-    phone = hashed("google", "phone", user.phone, country)
+    phone = mk.hashed(MATCH_RULES, "phone", user.phone, country)
     if phone:
         data["sha256_phone_number"] = [phone]
     address = {
-        "sha256_first_name": hashed("google", "first_name", user.first_name),
-        "sha256_last_name": hashed("google", "last_name", user.last_name),
-        "city": clear("google", "city", user.city),
-        "region": clear("google", "state", user.state),
-        "postal_code": clear("google", "zip", user.zip),
-        "country": clear("google", "country", user.country),
+        "sha256_first_name": mk.hashed(MATCH_RULES, "first_name", user.first_name),
+        "sha256_last_name": mk.hashed(MATCH_RULES, "last_name", user.last_name),
+        "city": mk.clear(MATCH_RULES, "city", user.city),
+        "region": mk.clear(MATCH_RULES, "state", user.state),
+        "postal_code": mk.clear(MATCH_RULES, "zip", user.zip),
+        "country": mk.clear(MATCH_RULES, "country", user.country),
     }
     kept = {k: v for k, v in address.items() if v}
     if kept:
@@ -120,7 +137,7 @@ def client_id_for(event: Event) -> str | None:
     user = event.user
     if user.ga_client_id:
         return user.ga_client_id
-    basis = hashed("google", "external_id", user.external_id)
+    basis = mk.hashed(MATCH_RULES, "external_id", user.external_id)
     if basis is None and event.limited:
         basis = event.event_id
     if basis is None:
@@ -301,7 +318,9 @@ def event_payload(event: Event) -> dict[str, JSON] | Rejected:
     # Denied ad_user_data (GPC denies it): Google gets no user-provided data at all, hashed or
     # not, the user ID (the shop's hashed external_id) included.
     user_provided = event.consent.get("ad_user_data") is not ConsentState.DENIED
-    user_id = hashed("google", "external_id", event.user.external_id) if user_provided else None
+    user_id = (
+        mk.hashed(MATCH_RULES, "external_id", event.user.external_id) if user_provided else None
+    )
     if user_id:
         # Hashed like everywhere else: the contract never lets a plaintext external_id reach disk.
         payload["user_id"] = user_id
@@ -344,6 +363,7 @@ class Ga4Mp(Destination):
 
     type = "ga4_mp"
     vendor = "ga4"
+    match_rules = MATCH_RULES
     settings_model = Ga4MpSettings
     max_batch = MAX_EVENTS
     max_age_s = SEVENTY_TWO_HOURS  # timestamp_micros may be at most 72 hours in the past

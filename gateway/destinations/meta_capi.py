@@ -26,7 +26,9 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
-from gateway.personal_data.platforms import hashed
+from gateway.personal_data import match_keys as mk
+from gateway.personal_data import normalize
+from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings, StrictModel
 
 DEFAULT_ENDPOINT: Final = "https://graph.facebook.com"
@@ -76,13 +78,29 @@ USER_DATA_KEYS: Final = {
 }
 
 
+# How Meta normalizes each match key before hashing (docs/platforms.md §1.3).
+MATCH_RULES: Final[Rules] = {
+    "email": fixed(normalize.email),
+    "phone": mk.phone_digits,
+    "first_name": fixed(mk.letters),
+    "last_name": fixed(mk.letters),
+    "gender": fixed(normalize.gender_initial),
+    "date_of_birth": fixed(normalize.date_yyyymmdd),
+    "city": fixed(mk.letters),
+    "state": mk.state_code_or_letters,
+    "zip": mk.zip_code,
+    "country": fixed(normalize.country_code),
+    "external_id": fixed(mk.lower),
+}
+
+
 def meta_user_data(user: User) -> dict[str, str]:
     """`user_data` by Meta's rules: match keys hashed, IP, UA, fbp and fbc as they are."""
     fields = {key: (field, getattr(user, field)) for key, field in USER_DATA_KEYS.items()}
     out = {
         key: made
         for key, (field, value) in fields.items()
-        if (made := hashed("meta", field, value, user.country))
+        if (made := mk.hashed(MATCH_RULES, field, value, user.country))
     }
     clear = {
         "client_ip_address": user.client_ip,
@@ -228,6 +246,8 @@ class MetaCapi(Destination):
 
     type = "meta_capi"
     vendor = "meta"
+    match_rules = MATCH_RULES
+    user_data = staticmethod(meta_user_data)
     settings_model = MetaCapiSettings
     max_batch = 1000
     max_age_s = SEVEN_DAYS  # Meta refuses the whole request for one event older than this.

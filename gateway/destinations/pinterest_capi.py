@@ -29,7 +29,9 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User
-from gateway.personal_data.platforms import hashed
+from gateway.personal_data import match_keys as mk
+from gateway.personal_data import normalize
+from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import url_param
 
@@ -108,6 +110,24 @@ USER_DATA_KEYS: Final = {
 }
 
 
+# https://developers.pinterest.com/docs/api/v5/events-create (`user_data`): lowercase; phone
+# digits with the country code, no `+` or leading zeros; city without spaces or punctuation;
+# state a two-letter code; zip digits (a US one its first five).
+MATCH_RULES: Final[Rules] = {
+    "email": fixed(normalize.email),
+    "phone": mk.phone_digits,
+    "first_name": fixed(mk.lower),
+    "last_name": fixed(mk.lower),
+    "gender": fixed(normalize.gender_initial),
+    "date_of_birth": fixed(normalize.date_yyyymmdd),
+    "city": fixed(mk.letters),
+    "state": mk.state_code_or_letters,
+    "zip": mk.zip_code,
+    "country": fixed(normalize.country_code),
+    "external_id": fixed(mk.lower),
+}
+
+
 def click_id(event: Event) -> str | None:
     """`epik` from the page URL (the newest click), else the `_epik` cookie the browser had.
     Never for a consent-limited event: its click IDs were stripped on purpose."""
@@ -120,7 +140,7 @@ def pinterest_user_data(user: User, click: str | None = None) -> dict[str, JSON]
     """`user_data` by Pinterest's rules: match keys hashed into lists, IP, UA, click ID clear."""
     out: dict[str, JSON] = {}
     for key, field in USER_DATA_KEYS.items():
-        made = hashed("pinterest", field, getattr(user, field), user.country)
+        made = mk.hashed(MATCH_RULES, field, getattr(user, field), user.country)
         if made:
             out[key] = [made]
     clear = {
@@ -249,6 +269,7 @@ class PinterestCapi(Destination):
 
     type = "pinterest_capi"
     vendor = "pinterest"
+    match_rules = MATCH_RULES
     settings_model = PinterestCapiSettings
     max_batch = 1000
     default_requires = ("ad_storage", "ad_user_data")

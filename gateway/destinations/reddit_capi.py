@@ -31,7 +31,8 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
-from gateway.personal_data.platforms import hashed
+from gateway.personal_data import match_keys as mk
+from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import url_param
 
@@ -87,6 +88,15 @@ _ACTION_SOURCES: Final = {"website": "WEBSITE", "app": "APP", "physical_store": 
 USER_KEYS: Final = {"email": "email", "phone_number": "phone", "external_id": "external_id"}
 
 
+# Reddit's match keys: the email with its local part bare, the phone in E.164, the external
+# ID as given (lowercased, as every other platform here takes it).
+MATCH_RULES: Final[Rules] = {
+    "email": fixed(mk.email_bare_local),
+    "phone": mk.phone_e164,
+    "external_id": fixed(mk.lower),
+}
+
+
 def click_id(event: Event) -> str | None:
     """`rdt_cid` from the page URL. Never for a consent-limited event: its click IDs were
     stripped on purpose."""
@@ -97,7 +107,7 @@ def reddit_user(user: User) -> dict[str, JSON]:
     """`user`: match keys hashed, IP, UA and the pixel's `_rdt_uuid` as they are."""
     out: dict[str, JSON] = {}
     for key, field in USER_KEYS.items():
-        if made := hashed("reddit", field, getattr(user, field), user.country):
+        if made := mk.hashed(MATCH_RULES, field, getattr(user, field), user.country):
             out[key] = made
     clear = {"ip_address": user.client_ip, "user_agent": user.user_agent, "uuid": user.rdt_uuid}
     out.update({k: v for k, v in clear.items() if v})
@@ -194,6 +204,7 @@ class RedditCapi(Destination):
 
     type = "reddit_capi"
     vendor = "reddit"
+    match_rules = MATCH_RULES
     settings_model = RedditCapiSettings
     max_batch = 1000
     max_age_s = SEVEN_DAYS  # Reddit refuses events older than this.

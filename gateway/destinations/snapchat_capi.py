@@ -29,7 +29,9 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User
-from gateway.personal_data.platforms import hashed
+from gateway.personal_data import match_keys as mk
+from gateway.personal_data import normalize
+from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings
 from gateway.sources.coerce import url_param
 
@@ -87,6 +89,24 @@ USER_DATA_KEYS: Final = {
 }
 
 
+# https://developers.snap.com/api/marketing-api/Conversions-API/Parameters: email trimmed and
+# lowercased; phone digits with the country code, no `00`, `+` or leading zero; names
+# lowercase letters only (UTF-8 kept: `raphaël`).
+MATCH_RULES: Final[Rules] = {
+    "email": fixed(normalize.email),
+    "phone": mk.phone_digits,
+    "first_name": fixed(mk.letters),
+    "last_name": fixed(mk.letters),
+    "gender": fixed(normalize.gender_initial),
+    "date_of_birth": fixed(normalize.date_yyyymmdd),
+    "city": fixed(mk.letters),
+    "state": mk.state_code_or_letters,
+    "zip": mk.zip_code,
+    "country": fixed(normalize.country_code),
+    "external_id": fixed(mk.lower),
+}
+
+
 def click_id(event: Event) -> str | None:
     """`ScCid` from the page URL, else the click ID the event carries (the server API's
     `user.sccid`). Never for a consent-limited event."""
@@ -101,7 +121,7 @@ def snapchat_user_data(user: User, click: str | None = None) -> dict[str, JSON]:
     `_scid` cookie (`sc_cookie1`) clear."""
     out: dict[str, JSON] = {}
     for key, field in USER_DATA_KEYS.items():
-        made = hashed("snapchat", field, getattr(user, field), user.country)
+        made = mk.hashed(MATCH_RULES, field, getattr(user, field), user.country)
         if made:
             out[key] = [made]
     clear = {
@@ -214,6 +234,7 @@ class SnapchatCapi(Destination):
 
     type = "snapchat_capi"
     vendor = "snapchat"
+    match_rules = MATCH_RULES
     settings_model = SnapchatCapiSettings
     # Snap documents no per-request limit; an unofficial schema says 2,000. 1,000 stays under.
     max_batch = 1000

@@ -28,7 +28,9 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
-from gateway.personal_data.platforms import clear, hashed
+from gateway.personal_data import match_keys as mk
+from gateway.personal_data import normalize
+from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings
 
 DEFAULT_ENDPOINT: Final = "https://business-api.tiktok.com"
@@ -59,13 +61,28 @@ USER_KEYS: Final = {
 }
 
 
+# TikTok's match keys (docs/platforms.md §3.3); city, state and country are sent in clear
+# (`clear`), as Stape maps them: TikTok publishes no normalization for them.
+MATCH_RULES: Final[Rules] = {
+    "email": fixed(normalize.email),
+    "phone": mk.phone_e164,
+    "external_id": fixed(mk.lower),
+    "first_name": fixed(mk.lower),
+    "last_name": fixed(mk.lower),
+    "zip": fixed(mk.lower),
+    "city": fixed(mk.lower),
+    "state": mk.state_code_or_lower,
+    "country": fixed(normalize.country_code),
+}
+
+
 def tiktok_user(user: User) -> dict[str, str]:
     """`user` by TikTok's rules: match keys hashed, ttp, ttclid, IP and UA as they are."""
     fields = {key: (field, getattr(user, field)) for key, field in USER_KEYS.items()}
     out = {
         key: made
         for key, (field, value) in fields.items()
-        if (made := hashed("tiktok", field, value, user.country))
+        if (made := mk.hashed(MATCH_RULES, field, value, user.country))
     }
     clear = {
         **tiktok_location(user),
@@ -81,7 +98,7 @@ def tiktok_user(user: User) -> dict[str, str]:
 def tiktok_location(user: User) -> dict[str, str | None]:
     """`city`, `state`, `country` in clear (docs/platforms.md §3.2)."""
     return {
-        field: clear("tiktok", field, getattr(user, field), user.country)
+        field: mk.clear(MATCH_RULES, field, getattr(user, field), user.country)
         for field in ("city", "state", "country")
     }
 
@@ -194,6 +211,7 @@ class TikTokEvents(Destination):
 
     type = "tiktok_events"
     vendor = "tiktok"
+    match_rules = MATCH_RULES
     settings_model = TikTokEventsSettings
     max_batch = 1000
     default_requires = ("ad_storage", "ad_user_data")  # docs/consent.md §7 recommendation

@@ -24,7 +24,9 @@ from gateway.destinations.ga4_mp import (
 )
 from gateway.event import Consent, ConsentState, Content, Custom, Event, Ga4Extras, User
 from gateway.personal_data.hashing import sha256_hex
-from gateway.personal_data.platforms import google_email, google_name, google_phone
+from gateway.personal_data.match_keys import email_dotless_gmail as google_email
+from gateway.personal_data.match_keys import name_words as google_name
+from gateway.personal_data.match_keys import phone_e164 as google_phone
 
 GRANTED, DENIED = ConsentState.GRANTED, ConsentState.DENIED
 

@@ -30,9 +30,10 @@ import pytest
 import structlog
 from aiohttp import web
 
+from gateway import destinations
 from gateway.config import Config
+from gateway.personal_data import match_keys
 from gateway.personal_data.hashing import sha256_hex
-from gateway.personal_data.platforms import Platform, hashed
 from tests.conftest import FakePlatform, Gateway, Recorded, eventually
 from tests.rules.consent.tc_strings import GOOGLE, Core, disclosed
 
@@ -64,6 +65,22 @@ CASES: Final = {
     "server_denied": ("server",),  # explicit consent, all four purposes denied
     "limited": SOURCES,  # denied (TCF or explicit), every destination `on_denied: limited`
 }
+Platform = str
+# Each platform's table of hashing rules, as its destination declares it.
+_RULES: Final = {
+    "meta": destinations.TYPES["meta_capi"].match_rules,
+    "google": destinations.TYPES["ga4_mp"].match_rules,
+    "tiktok": destinations.TYPES["tiktok_events"].match_rules,
+    "pinterest": destinations.TYPES["pinterest_capi"].match_rules,
+    "snapchat": destinations.TYPES["snapchat_capi"].match_rules,
+}
+
+
+def hashed(platform: Platform, field: str, value: str) -> str | None:
+    """The value as `platform` hashes it."""
+    return match_keys.hashed(_RULES[platform], field, value)
+
+
 # The user fields a hashing rule exists for, and the platforms whose rules hash them.
 _HASHED_BY: Final[dict[str, tuple[Platform, ...]]] = {
     "email": ("meta", "google", "tiktok", "pinterest", "snapchat"),
