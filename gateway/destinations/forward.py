@@ -37,10 +37,9 @@ from gateway.personal_data.match_keys import Rules, hashed
 from gateway.personal_data.scrub import GONE, strip_personal
 from gateway.rules.url_params import rewrite_pairs
 from gateway.settings import DestinationSettings
+from gateway.sources import MetaPixel, TikTokPixel
 from gateway.sources.coerce import json_or_text, text_or_none
 from gateway.sources.forms import form_fields
-from gateway.sources.meta_pixel import USER_KEYS
-from gateway.sources.tiktok_pixel import decode_message
 
 Vendor = Literal["ga4", "meta", "tiktok"]
 
@@ -121,7 +120,7 @@ class _Gate:
             return None
         if not value.strip() or already_hashed(value.strip()) is not None:
             return value
-        field = USER_KEYS.get(match[1])
+        field = MetaPixel.user_keys.get(match[1])
         return hashed(_rules("meta"), field, value) if field else None
 
     # --- GA4 gtag: query and body lines ---
@@ -183,7 +182,7 @@ class _Gate:
                 del context[key]
 
     def _tiktok_user(self, user: dict[str, object]) -> None:
-        for key, field in _TIKTOK_USER.items():
+        for key, field in TikTokPixel.user_keys.items():
             if key not in user:
                 continue
             value = user[key]
@@ -202,7 +201,7 @@ class _Gate:
             return None if personal_param(key, value) else value
         # Decoded exactly as the TikTok source decodes it (base64 of either alphabet, a `+`
         # that became a space, or plain JSON), so nothing the source could read escapes.
-        message = decode_message(value)
+        message = TikTokPixel.decode_message(value)
         if message is None:
             return None  # unreadable: not kept, since we cannot tell what it holds
         # Always re-encoded, scrubbed or not: the stored message is then exactly what the
@@ -222,12 +221,6 @@ _GOOGLE_FIELDS: Final = {
     "fn": "first_name",
     "ln": "last_name",
     "sa": "street",
-}
-_TIKTOK_USER: Final[dict[str, str]] = {
-    "email": "email",
-    "phone_number": "phone",
-    "phone": "phone",
-    "external_id": "external_id",  # seen raw in real hits (docs/platforms.md §3.1)
 }
 
 

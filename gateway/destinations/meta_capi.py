@@ -30,6 +30,7 @@ from gateway.personal_data import match_keys as mk
 from gateway.personal_data import normalize
 from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings, StrictModel
+from gateway.sources import MetaPixel
 
 DEFAULT_ENDPOINT: Final = "https://graph.facebook.com"
 DEFAULT_API_VERSION: Final = "v25.0"
@@ -62,20 +63,9 @@ class MetaCapiSettings(DestinationSettings):
         return (self.access_token,)
 
 
-# `user_data` key → canonical user field (docs/platforms.md §1.3).
-USER_DATA_KEYS: Final = {
-    "em": "email",
-    "ph": "phone",
-    "fn": "first_name",
-    "ln": "last_name",
-    "ge": "gender",
-    "db": "date_of_birth",
-    "ct": "city",
-    "st": "state",
-    "zp": "zip",
-    "country": "country",
-    "external_id": "external_id",
-}
+# `user_data` key → canonical user field (docs/platforms.md §1.3): Meta's names, the same as
+# the pixel's `ud[…]` keys, so they are read from the one table the pixel's source declares.
+USER_DATA_KEYS: Final = MetaPixel.user_keys
 
 
 # How Meta normalizes each match key before hashing (docs/platforms.md §1.3).

@@ -15,10 +15,10 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from gateway import sources
 from gateway.event import HASHED_USER_FIELDS, JSON, Event
 from gateway.personal_data import detect as pii
 from gateway.personal_data import hashing
-from gateway.sources import ga4, meta_pixel, tiktok_pixel
 
 MASK: Final = "•••"
 DOT: Final = "•"
@@ -30,9 +30,12 @@ _SECRET_WORDS: Final = frozenset(
 _WORD: Final = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _MAX_DEPTH: Final = 12
 _USER_KEYS: Final = frozenset({"user", "user_data", "user_properties"})
-_USER_FIELDS: Final = frozenset(HASHED_USER_FIELDS) | tiktok_pixel.PERSONAL_USER_KEYS
+# A TikTok pixel's `context.user` keys name a person as the canonical fields do.
+_USER_FIELDS: Final = frozenset(HASHED_USER_FIELDS) | sources.TikTokPixel.user_keys.keys()
 # Each tag's parameters that hold a person, by their source's word: plain means personal.
-_PERSONAL_PARAMS: Final = meta_pixel.PERSONAL_PARAMS | ga4.PERSONAL_PARAMS
+_PERSONAL_PARAMS: Final = frozenset(
+    p for cls in sources.TYPES.values() for p in getattr(cls, "personal_params", ())
+)
 # Names that mean a person wherever they stand (`state` or `country` alone may not).
 _PERSONAL_KEYS: Final = frozenset(
     {"email", "phone", "first_name", "last_name", "date_of_birth", "external_id"}

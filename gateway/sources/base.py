@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from aiohttp import web
 from multidict import MultiMapping
 
 from gateway.event import Event
 from gateway.settings import SourceSettings
+
+GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+"""The 1×1 transparent GIF the pixels (Meta's, TikTok's no-script image) answer image hits with."""
+
+# gtag's `_ga` cookie on the shop's registrable domain: `GA1.<domain depth>.<random>.<first-seen
+# unix s>`; the client ID (`cid`) is its last two parts.
+_GA_COOKIE: Final = re.compile(r"GA1\.\d{1,2}\.(\d{1,20}\.\d{1,20})")
+
+
+def client_id_from_cookie(cookies: Mapping[str, str]) -> str | None:
+    """The GA4 client ID in a request's `_ga` cookie, so another tag's hit (a Meta or TikTok
+    pixel's, on the same domain) joins the browser's own GA4 user; None without one."""
+    match = _GA_COOKIE.fullmatch(cookies.get("_ga", "").strip())
+    return match[1] if match else None
 
 
 class Outcome(StrEnum):
@@ -67,6 +83,12 @@ class Source(ABC):
     """The vendor whose destinations may read this source's extras (`Event.meta`...) and hits."""
     settings_model: ClassVar[type[SourceSettings]] = SourceSettings
     default_path: ClassVar[str]
+    user_keys: ClassVar[Mapping[str, str]] = {}
+    """The tag's own names for canonical user fields (Meta's `ud[em]` → `em`: `email`), which
+    `forward` hashes and a preview masks as the source reads them."""
+    personal_params: ClassVar[frozenset[str]] = frozenset()
+    """The hit's query or form parameters that hold a person, hashed or not (a preview masks
+    a plain one)."""
 
     def __init__(self, settings: SourceSettings) -> None:
         self.settings = settings

@@ -8,8 +8,7 @@ What only a GA4 destination can use (session, engagement, user properties, whole
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -34,18 +33,6 @@ MAX_ITEMS: Final = 200
 """`pr1`…`pr200`: GA4 keeps at most 200 items an event."""
 
 _REQUIRED: Final = ("tid", "cid", "en")
-# gtag's `_ga` cookie on the shop's registrable domain: `GA1.<domain depth>.<random>.<first-seen
-# unix s>`; the client ID (`cid`) is its last two parts.
-_GA_COOKIE: Final = re.compile(r"GA1\.\d{1,2}\.(\d{1,20}\.\d{1,20})")
-
-
-def client_id_from_cookie(cookies: Mapping[str, str]) -> str | None:
-    """The GA4 client ID in a request's `_ga` cookie, so another tag's hit (a Meta or TikTok
-    pixel's, on the same domain) joins the browser's own GA4 user; None without one."""
-    match = _GA_COOKIE.fullmatch(cookies.get("_ga", "").strip())
-    return match[1] if match else None
-
-
 CONSENT_KEYS: Final = (
     "gcs",
     "gcd",
@@ -289,6 +276,7 @@ class Ga4(Source):
     vendor = "ga4"
     settings_model = Ga4Settings
     default_path = "/g/collect"
+    personal_params = PERSONAL_PARAMS
 
     def __init__(self, settings: SourceSettings) -> None:
         super().__init__(settings)

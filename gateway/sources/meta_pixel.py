@@ -6,7 +6,6 @@ through untouched; everything else in a hit that is not listed here is script bo
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -16,7 +15,7 @@ from multidict import MultiDict
 
 from gateway import names
 from gateway.event import Custom, Event, MetaExtras, RawHit, User, new_event_id
-from gateway.sources.base import Hit, Outcome, Parsed, Source
+from gateway.sources.base import GIF, Hit, Outcome, Parsed, Source, client_id_from_cookie
 from gateway.sources.coerce import (
     contents_from,
     decimal_or_none,
@@ -26,12 +25,9 @@ from gateway.sources.coerce import (
     url_param,
 )
 from gateway.sources.forms import form_fields
-from gateway.sources.ga4 import client_id_from_cookie
 
-GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
-"""The 1×1 transparent GIF Meta answers image hits with."""
-
-# `ud[k]` key → canonical user field (the forward destination reads them too).
+# `ud[k]` key → canonical user field: Meta's names, the same in the Conversions API's
+# `user_data` (docs/platforms.md §1.3); `meta_capi` and `forward` read them through `user_keys`.
 USER_KEYS: Final = {
     "em": "email",
     "ph": "phone",
@@ -136,6 +132,8 @@ class MetaPixel(Source):
     name = "meta_pixel"
     vendor = "meta"
     default_path = "/tr"
+    user_keys = USER_KEYS
+    personal_params = PERSONAL_PARAMS
 
     def routes(self) -> Sequence[tuple[str, str]]:
         base = self.base_path.rstrip("/")

@@ -18,17 +18,21 @@ from aiohttp import web
 
 from gateway import names
 from gateway.event import Content, Custom, Event, RawHit, TikTokExtras, User, new_event_id
-from gateway.sources.base import Hit, Outcome, Parsed, Source
+from gateway.sources.base import GIF, Hit, Outcome, Parsed, Source, client_id_from_cookie
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
-from gateway.sources.ga4 import client_id_from_cookie
-from gateway.sources.meta_pixel import GIF
 
 ANSWER: Final = b'{"code":0,"message":"OK"}'
 """The answer to a pixel POST, as TikTok gives it (docs/http.md §1)."""
 
 # Internal probes the pixel posts like events: advanced-matching enrichment, not conversions.
-# The keys of `context.user` that hold a person (TikTok's names, read below).
-PERSONAL_USER_KEYS: Final = frozenset({"email", "phone_number", "phone", "external_id"})
+# The keys of `context.user` that hold a person, by canonical field (TikTok's names, read below;
+# `external_id` is seen raw in real hits, docs/platforms.md §3.1).
+USER_KEYS: Final = {
+    "email": "email",
+    "phone_number": "phone",
+    "phone": "phone",
+    "external_id": "external_id",
+}
 _NOT_EVENTS: Final = frozenset({"EnrichAM"})
 # Browser clocks are often wrong; a timestamp outside this window falls back to receive time
 # (Meta rejects a whole batch over one event older than 7 days, docs/platforms.md §0).
@@ -182,6 +186,8 @@ class TikTokPixel(Source):
     name = "tiktok_pixel"
     vendor = "tiktok"
     default_path = "/api/v2/pixel"
+    user_keys = USER_KEYS
+    decode_message = staticmethod(decode_message)
 
     def routes(self) -> Sequence[tuple[str, str]]:
         base = self.base_path.rstrip("/")

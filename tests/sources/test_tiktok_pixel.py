@@ -13,8 +13,7 @@ from multidict import MultiDict, MultiDictProxy
 from gateway.event import Content, TikTokExtras
 from gateway.settings import SourceSettings
 from gateway.sources import tiktok_pixel
-from gateway.sources.base import Hit, Outcome
-from gateway.sources.meta_pixel import GIF
+from gateway.sources.base import GIF, Hit, Outcome
 from gateway.sources.tiktok_pixel import TikTokPixel, decode_message, event_time
 
 # 2026-06-29T17:50:00Z: the captured hits were sent a few minutes around this.
