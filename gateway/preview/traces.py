@@ -79,7 +79,17 @@ CONSENT_COOKIES: Final = (
     "_iub_cs",
 )
 # First-party identifiers a hit's events are matched by: shown so a missing one stands out.
-ID_COOKIES: Final = ("_fbp", "_fbc", "_ga", "_ttp", "ttclid", "_gcl_aw")
+ID_COOKIES: Final = (
+    "_fbp",
+    "_fbc",
+    "_ga",
+    "_ttp",
+    "ttclid",
+    "_gcl_aw",
+    "_epik",
+    "_rdt_uuid",
+    "_scid",
+)
 HEADERS: Final = ("User-Agent", "Referer", "Origin", "Sec-GPC", "Content-Type")
 
 

@@ -591,3 +591,30 @@ async def test_an_ignored_hit_traces_no_plaintext_personal_data(
     assert "ud[ph]" in text or "ud%5Bph%5D" in text  # control: the parameters are shown
     for needle in ("4155550100", "janetta", "quixotic", "springfieldia"):
         assert needle not in text, needle
+
+
+async def test_a_trace_shows_every_vendors_id_cookies_and_no_other(
+    start_gateway: Start, make_config: MakeConfig, fake_platform: FakePlatform, sqlite_only: None
+) -> None:
+    """The ID cookies the gateway passes on to Pinterest, Reddit and Snapchat are shown beside
+    Meta's: a trace is where a missing `_epik` should stand out."""
+    fake_platform.default = lambda r: web.json_response({"events_received": 1})
+    gw = await start_gateway(make_config(config_text(fake_platform.url)))
+    session = await start_session(gw)
+    cookies = {
+        "_fbp": "fb.1.1596403881668.1116446470",
+        "_epik": "ep-1",
+        "_rdt_uuid": "1700000000000.rd",
+        "_scid": "sc-1",
+    }
+    hit = await gw.client.get(
+        "/tr/?id=1234567890&ev=PageView&eid=pv-9&dl=https%3A%2F%2Fshop.example%2F",
+        headers={
+            "User-Agent": "Mozilla/5.0 preview",
+            "X-Tag-Gateway-Preview": session,
+            "Cookie": "; ".join(f"{k}={v}" for k, v in {**cookies, "cart": "c-1"}.items()),
+        },
+    )
+    assert hit.status == 200
+    (trace,) = await settled(gw, session, lambda ts: bool(ts))
+    assert trace["request"]["cookies"] == cookies
