@@ -466,7 +466,8 @@ def _first_party_ids(
     if not fields:
         return events, plan
     return [
-        dataclasses.replace(e, user=dataclasses.replace(e.user, **fields)) for e in events
+        dataclasses.replace(e, user=dataclasses.replace(e.user, ids={**e.user.ids, **fields}))
+        for e in events
     ], plan
 
 
@@ -527,7 +528,7 @@ def _server_handler(
             error = str(exc) if isinstance(exc, EncodingError) else "body cannot be read"
             return answer(request, 400, {"error": error}, str(Outcome.MALFORMED))
         try:
-            batch = parse_body(body, received)
+            batch = parse_body(body, received, destination_types.IDENTIFIERS)
         except BodyError as exc:
             return answer(request, 400, {"error": str(exc)}, str(Outcome.MALFORMED))
         events = [event for _, event in batch.events]

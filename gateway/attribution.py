@@ -90,10 +90,11 @@ def visitor_keys(event: Event, secret: bytes) -> list[str]:
     """The event's visitor keys as keyed hashes (kind-prefixed, so an fbp never equals a
     client ID by chance)."""
     u = event.user
+    fbp, ga, ttp = (u.ids.get(name) for name in ("fbp", "ga_client_id", "ttp"))
     plain: list[tuple[str, str | None]] = [
-        ("fbp", u.fbp.strip() if u.fbp else None),
-        ("ga", u.ga_client_id.strip() if u.ga_client_id else None),
-        ("ttp", u.ttp.strip() if u.ttp else None),
+        ("fbp", fbp.strip() if fbp else None),
+        ("ga", ga.strip() if ga else None),
+        ("ttp", ttp.strip() if ttp else None),
         (
             "xid",
             _hashed(u.external_id, u.external_id.strip().lower()) if u.external_id else None,

@@ -3,15 +3,15 @@
 Pure: `plan()` reads the request's cookies and page URL and decides, once per request, which value
 of each ID the events use and which `Set-Cookie` headers the answer carries. Server-set cookies on
 the shop's registrable domain outlive the 7-day cap Safari puts on script-set ones
-(docs/http.md §1).
-Formats are in docs/platforms.md §1.3 (Meta) and §3.3 (TikTok).
+(docs/http.md §1). Which cookies, their shapes and how a new one is made, each vendor's destination
+declares (`gateway.identifiers.Identifier`; formats in docs/platforms.md §1.3 for Meta, §3.3 for
+TikTok); this module only applies the declarations.
 """
 
 from __future__ import annotations
 
 import random
 import re
-import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -19,51 +19,17 @@ from typing import Final
 from aiohttp import web
 
 from gateway.config import Cookies
+from gateway.destinations import IDENTIFIERS, VENDOR_IDENTIFIERS
+from gateway.identifiers import Identifier
 from gateway.sources.coerce import url_param
 
-FBP: Final = "_fbp"
-FBC: Final = "_fbc"
-TTP: Final = "_ttp"
-TTCLID: Final = "ttclid"
-EPIK: Final = "_epik"
-RDT_UUID: Final = "_rdt_uuid"
-SCID: Final = "_scid"
-
-USER_FIELDS: Final[Mapping[str, str]] = {
-    FBP: "fbp",
-    FBC: "fbc",
-    TTP: "ttp",
-    TTCLID: "ttclid",
-    EPIK: "epik",
-    RDT_UUID: "rdt_uuid",
-    SCID: "scid",
-}
-"""Cookie name → the `User` field of the canonical event that carries its value."""
-
-VENDORS: Final = ("meta", "tiktok", "pinterest", "reddit", "snapchat")
-"""The vendors whose IDs `plan()` knows; destinations name theirs the same way."""
-
-# docs/platforms.md §1.3: `fb`, a decimal index, a 13-digit ms timestamp, a payload without dots,
-# then optionally one 2- or 8-char appendix written by Meta's Parameter Builder. The payload is
-# held to `[A-Za-z0-9_-]` (digits for fbp, the click ID for fbc) so a kept value can be set again
-# byte for byte: anything outside the cookie-safe set would come back quoted.
-_META_ID: Final = re.compile(
-    r"fb\.(\d{1,2})\.(\d{13})\.([A-Za-z0-9_-]{1,1024})(?:\.(?:[A-Za-z0-9_-]{2}|[A-Za-z0-9_-]{8}))?"
+VENDORS: Final = tuple(
+    vendor
+    for vendor, declared in VENDOR_IDENTIFIERS.items()
+    if any(i.cookie and i.shape for i in declared)
 )
-# Meta click IDs are base64url-like; `-` and `_` must be accepted (docs/platforms.md §1.3).
-_FBCLID: Final = re.compile(r"[A-Za-z0-9_-]{1,1024}")
-# TikTok's `_ttp` and `ttclid` formats are undocumented (docs/platforms.md §3.1, §3.3).
-# Observed values
-# are url-safe letters and digits, with dots (`E.C.P.…` click IDs, `….tt.1` visitor IDs). Only
-# values a cookie holds unquoted are accepted, so a renewed cookie is the same bytes.
-_TIKTOK_ID: Final = re.compile(r"[A-Za-z0-9._~+-]{1,1024}")
-# A click-ID cookie passed on but never set (`_epik`): opaque, base64-like.
-_PASSED_ID: Final = re.compile(r"[A-Za-z0-9._~+/=-]{1,1024}")
-
-TTP_LENGTH: Final = 27
-"""New `_ttp` values: 27 url-safe random characters, the length of observed TikTok values. The
-real format is undocumented; the pixel and the Events API treat the value as opaque."""
-_TTP_ALPHABET: Final = string.ascii_letters + string.digits + "-_"
+"""The vendors whose first-party cookies `plan()` reads (their destinations declare them)."""
+_BY_COOKIE: Final = {i.cookie: i for i in IDENTIFIERS.values() if i.cookie}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +68,8 @@ class CookiePlan:
     set_cookies: tuple[SetCookie, ...] = ()
 
     def user_fields(self) -> dict[str, str]:
-        """`values` keyed by `User` field name (`fbp`, `fbc`, `ttp`, `ttclid`)."""
-        return {USER_FIELDS[name]: value for name, value in self.values.items()}
+        """`values` keyed by identifier field (`User.ids`: `fbp`, `fbc`, `ttp`, `ttclid`)."""
+        return {_BY_COOKIE[name].field: value for name, value in self.values.items()}
 
     def apply(self, response: web.StreamResponse) -> None:
         """Add every planned `Set-Cookie` to an answer that is not yet sent."""
@@ -114,11 +80,6 @@ class CookiePlan:
 def subdomain_index(domain: str) -> int:
     """Label count of the cookie domain minus one (`shop.example` → 1, `www.shop.co.uk` → 3)."""
     return _domain(domain).count(".")
-
-
-def valid_meta_id(value: str) -> bool:
-    """True for an `_fbp`/`_fbc` value of the shape in docs/platforms.md §1.3 (appendix allowed)."""
-    return _META_ID.fullmatch(value) is not None
 
 
 def plan(
@@ -163,71 +124,54 @@ def plan(
     max_age = settings.max_age_days * 86400
     values: dict[str, str] = {}
     to_set: list[SetCookie] = []
-
-    def keep(name: str, value: str, renew: bool) -> None:
-        values[name] = value
-        if renew:
-            to_set.append(SetCookie(name, value, domain, max_age))
-
-    if "meta" in vendors:
-        fbp = hit_cookies.get(FBP)
-        own_fbp = own.get(USER_FIELDS[FBP])
-        if own_fbp is not None and valid_meta_id(own_fbp):
-            keep(FBP, own_fbp, renew=True)
-        elif fbp is not None and valid_meta_id(fbp):
-            keep(FBP, fbp, renew=True)
-        else:
-            # Meta's own pixel uses a random integer below 2**31; 10 digits keeps that shape.
-            keep(FBP, f"fb.{index}.{now_ms}.{rng.randrange(10**9, 2**31)}", renew=True)
-        fbc = hit_cookies.get(FBC)
-        fbc_match = _META_ID.fullmatch(fbc) if fbc is not None else None
-        fbclid = _click_id(page_url, "fbclid", _FBCLID)
-        own_fbc = own.get(USER_FIELDS[FBC])
-        if own_fbc is not None and valid_meta_id(own_fbc):
-            # The pixel derived it from the same click (or knows a later one): its bytes win.
-            # Set only when the cookie differs, so `_fbc` keeps counting from the click.
-            keep(FBC, own_fbc, renew=own_fbc != fbc)
-        elif fbclid is not None and (fbc_match is None or fbc_match[3] != fbclid):
-            keep(FBC, f"fb.{index}.{now_ms}.{fbclid}", renew=True)
-        elif fbc is not None and fbc_match is not None:
-            keep(FBC, fbc, renew=False)
-
-    if "tiktok" in vendors:
-        ttp = hit_cookies.get(TTP)
-        own_ttp = own.get(USER_FIELDS[TTP])
-        if own_ttp is not None and _TIKTOK_ID.fullmatch(own_ttp):
-            keep(TTP, own_ttp, renew=True)
-        elif ttp is not None and _TIKTOK_ID.fullmatch(ttp):
-            keep(TTP, ttp, renew=True)
-        else:
-            keep(TTP, "".join(rng.choices(_TTP_ALPHABET, k=TTP_LENGTH)), renew=True)
-        ttclid_cookie = hit_cookies.get(TTCLID)
-        cookie_ok = ttclid_cookie is not None and _TIKTOK_ID.fullmatch(ttclid_cookie) is not None
-        ttclid = _click_id(page_url, "ttclid", _TIKTOK_ID)
-        if ttclid is not None and (not cookie_ok or ttclid_cookie != ttclid):
-            keep(TTCLID, ttclid, renew=True)
-        elif ttclid_cookie is not None and cookie_ok:
-            keep(TTCLID, ttclid_cookie, renew=False)
-
-    if "pinterest" in vendors:
-        # The Pinterest tag's own click-ID cookie, passed on as the browser has it and never
-        # set: Pinterest documents no server-set `_epik` (docs/platforms.md §6).
-        epik = hit_cookies.get(EPIK)
-        if epik is not None and _PASSED_ID.fullmatch(epik):
-            keep(EPIK, epik, renew=False)
-    if "snapchat" in vendors:
-        # The Snap pixel's `_scid`, Snapchat's `sc_cookie1`: passed on, never set, as `_epik`.
-        scid = hit_cookies.get(SCID)
-        if scid is not None and _PASSED_ID.fullmatch(scid):
-            keep(SCID, scid, renew=False)
-
-    if "reddit" in vendors:
-        # Passed on, never set: Reddit documents no server-set `_rdt_uuid` (docs/platforms.md §7).
-        rdt_uuid = hit_cookies.get(RDT_UUID)
-        if rdt_uuid is not None and _PASSED_ID.fullmatch(rdt_uuid):
-            keep(RDT_UUID, rdt_uuid, renew=False)
-
+    for vendor in VENDORS:
+        if vendor not in vendors:
+            continue
+        for ident in VENDOR_IDENTIFIERS[vendor]:
+            if ident.cookie is None or ident.shape is None:
+                continue
+            decided = _decide(ident, hit_cookies, own, page_url, index, now_ms, rng)
+            if decided is not None:
+                value, renew = decided
+                values[ident.cookie] = value
+                if renew and ident.sets:
+                    to_set.append(SetCookie(ident.cookie, value, domain, max_age))
     return CookiePlan(values, tuple(to_set))
+
+
+def _decide(
+    ident: Identifier,
+    hit_cookies: Mapping[str, str],
+    own: Mapping[str, str],
+    page_url: str | None,
+    index: int,
+    now_ms: int,
+    rng: random.Random,
+) -> tuple[str, bool] | None:
+    """(the value, whether to set the cookie) for one identifier, or None for no value.
+
+    In order: the tag's own value (set when `refresh` or the cookie differs, so a click's cookie
+    keeps counting from the click); a new click in the page URL that the cookie does not hold;
+    the cookie (renewed when `refresh`); a new value (`mint`)."""
+    assert ident.cookie is not None
+    cookie = hit_cookies.get(ident.cookie)
+    cookie_ok = ident.valid(cookie)
+    mine = own.get(ident.field)
+    if mine is not None and ident.valid(mine):
+        return mine, ident.refresh or mine != cookie
+    if ident.click_param is not None and ident.click_shape is not None:
+        click = _click_id(page_url, ident.click_param, ident.click_shape)
+        held = None
+        if cookie is not None and cookie_ok:
+            held = ident.click_of(cookie) if ident.click_of else cookie
+        if click is not None and held != click:
+            made = ident.from_click(click, index, now_ms) if ident.from_click else click
+            return made, True
+    if cookie is not None and cookie_ok:
+        return cookie, ident.refresh
+    if ident.mint is not None:
+        return ident.mint(rng, index, now_ms), True
+    return None
 
 
 def _domain(configured: str) -> str:

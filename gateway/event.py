@@ -48,22 +48,11 @@ HASHED_USER_FIELDS: Final = (
     "country",
     "external_id",
 )
-# Identifiers that go to the platforms as they are, never hashed.
-CLEAR_USER_FIELDS: Final = (
-    "client_ip",
-    "user_agent",
-    "fbp",
-    "fbc",
-    "ttp",
-    "ttclid",
-    "gclid",
-    "ga_client_id",
-    "epik",
-    "rdt_uuid",
-    "sccid",
-    "scid",
-)
+# What every event may say about the request, sent as it is, never hashed.
+CLEAR_USER_FIELDS: Final = ("client_ip", "user_agent")
 USER_FIELDS: Final = HASHED_USER_FIELDS + CLEAR_USER_FIELDS
+"""The typed `User` fields. The server API takes these and every vendor identifier
+(`gateway.destinations.IDENTIFIERS`) as `user.<field>`."""
 
 
 class ConsentState(StrEnum):
@@ -90,20 +79,10 @@ class User:
     external_id: str | None = None
     client_ip: str | None = None
     user_agent: str | None = None
-    fbp: str | None = None
-    fbc: str | None = None
-    ttp: str | None = None
-    ttclid: str | None = None
-    gclid: str | None = None
-    ga_client_id: str | None = None
-    epik: str | None = None
-    """Pinterest's click ID (`epik` in the landing URL, the `_epik` cookie)."""
-    rdt_uuid: str | None = None
-    """The Reddit pixel's visitor ID (its `_rdt_uuid` cookie)."""
-    sccid: str | None = None
-    """Snapchat's click ID (`ScCid` in the landing URL)."""
-    scid: str | None = None
-    """The Snap pixel's first-party `_scid` cookie (Snapchat's `sc_cookie1`)."""
+    ids: Mapping[str, str] = field(default_factory=dict)
+    """Vendor identifiers by their canonical field name (`fbp`, `ttclid`, `epik`), sent as they
+    are, never hashed. Each vendor's destination declares its own (`Destination.identifiers`);
+    in the canonical JSON they stand beside the other fields (`user.epik`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +225,11 @@ class Event:
     tiktok: TikTokExtras | None = None
     """Per-vendor extras from a browser hit; only that vendor's destinations read them."""
     raw: RawHit | None = None
+
+
+def ids_of(**values: str | None) -> dict[str, str]:
+    """`User.ids` from the identifiers a source found, those without a value left out."""
+    return {name: value for name, value in values.items() if value}
 
 
 def json_number(value: Decimal | None) -> int | float | None:

@@ -39,7 +39,14 @@ MATCH_KEYS: Final = ("email", "phone", "external_id", "fbp", "fbc", "ip_ua")
 def match_keys(event: Event) -> int:
     """A bitmask of the match keys this event carries (order of MATCH_KEYS)."""
     u = event.user
-    present = (u.email, u.phone, u.external_id, u.fbp, u.fbc, u.client_ip and u.user_agent)
+    present = (
+        u.email,
+        u.phone,
+        u.external_id,
+        u.ids.get("fbp"),
+        u.ids.get("fbc"),
+        u.client_ip and u.user_agent,
+    )
     return sum(1 << i for i, value in enumerate(present) if value)
 
 

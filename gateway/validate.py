@@ -45,7 +45,7 @@ def sample_events(now: int | None = None) -> list[Event]:
         external_id="tag-gateway-validate",
         client_ip="203.0.113.7",
         user_agent="Mozilla/5.0 (tag-gateway validate)",
-        ga_client_id="1234567890.1700000000",
+        ids={"ga_client_id": "1234567890.1700000000"},
     )
     purchase = Custom(
         value=Decimal("1.00"),

@@ -12,18 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.config import Cookies
-from gateway.cookies import (
-    FBC,
-    FBP,
-    TTCLID,
-    TTP,
-    TTP_LENGTH,
-    CookiePlan,
-    SetCookie,
-    plan,
-    subdomain_index,
-    valid_meta_id,
-)
+from gateway.cookies import CookiePlan, SetCookie, plan, subdomain_index
+from gateway.destinations.meta_capi import FBC, FBP, valid_meta_id
+from gateway.destinations.tiktok_events import TTCLID, TTP, TTP_LENGTH
 
 NOW_MS = 1_790_000_000_123
 SHOP = Cookies(domain="shop.example", max_age_days=90)

@@ -13,6 +13,7 @@ from gateway.destinations.pinterest_capi import PinterestCapi
 from gateway.destinations.reddit_capi import RedditCapi
 from gateway.destinations.snapchat_capi import SnapchatCapi
 from gateway.destinations.tiktok_events import TikTokEvents
+from gateway.identifiers import Identifier
 
 TYPES: Final[dict[str, type[Destination]]] = {
     cls.type: cls
@@ -27,6 +28,17 @@ TYPES: Final[dict[str, type[Destination]]] = {
         DryRun,
     )
 }
+
+IDENTIFIERS: Final[dict[str, Identifier]] = {
+    i.field: i for cls in TYPES.values() for i in cls.identifiers
+}
+"""Every vendor's first-party IDs by their canonical field name (`User.ids`, `user.<field>`)."""
+VENDOR_IDENTIFIERS: Final[dict[str, tuple[Identifier, ...]]] = {
+    cls.vendor: cls.identifiers for cls in TYPES.values() if cls.vendor and cls.identifiers
+}
+"""The same by vendor, in the registry's order (the order cookies are planned and set in)."""
+CLICK_PARAMS: Final = frozenset(p for cls in TYPES.values() for p in cls.click_params)
+"""Every platform's click-ID parameters of a landing URL (`limited` removes them)."""
 
 # forward hashes a tag's plain-text value by the rules of that vendor's own destination.
 Forward.match_rules_of.update({cls.vendor: cls.match_rules for cls in TYPES.values() if cls.vendor})

@@ -21,6 +21,7 @@ from typing import ClassVar, Final
 import orjson
 
 from gateway.event import JSON, Content, Event, json_number
+from gateway.identifiers import Identifier
 from gateway.personal_data.match_keys import Rules
 from gateway.settings import DestinationSettings
 
@@ -114,6 +115,13 @@ class Destination(ABC):
 
     type: ClassVar[str]
     vendor: ClassVar[str | None] = None
+    identifiers: ClassVar[tuple[Identifier, ...]] = ()
+    """The vendor's first-party IDs this platform matches on (`fbp`, `epik`): the canonical
+    event carries them in `User.ids`, and the cookie plan, `limited` and the server API read
+    them from the registry."""
+    click_params: ClassVar[frozenset[str]] = frozenset()
+    """The landing URL's parameters that name a click on this platform's ads (`fbclid`):
+    `on_denied: limited` removes them from page URLs."""
     match_rules: ClassVar[Rules] = {}
     """How this platform normalizes each canonical user field before hashing (its table of
     `personal_data.match_keys` rules); a field not in it is never sent."""

@@ -31,6 +31,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, ConsentState, Event, User, json_number
+from gateway.identifiers import Identifier
 from gateway.personal_data import match_keys as mk
 from gateway.personal_data.hashing import sha256_hex
 from gateway.personal_data.match_keys import Rules, fixed
@@ -135,8 +136,8 @@ def client_id_for(event: Event) -> str | None:
     as the contract asks.
     """
     user = event.user
-    if user.ga_client_id:
-        return user.ga_client_id
+    if client_id := user.ids.get("ga_client_id"):
+        return client_id
     basis = mk.hashed(MATCH_RULES, "external_id", user.external_id)
     if basis is None and event.limited:
         basis = event.event_id
@@ -364,6 +365,14 @@ class Ga4Mp(Destination):
     type = "ga4_mp"
     vendor = "ga4"
     match_rules = MATCH_RULES
+    # gtag's client ID (its `_ga` cookie, which the browser sources read) and Google Ads' click
+    # ID (`gclid`, kept by gtag in `_gcl_aw`); the cookie plan touches neither. `_gl` is Google's
+    # cross-domain linker, which carries the client ID and the gclid.
+    identifiers = (
+        Identifier("ga_client_id", cookie="_ga"),
+        Identifier("gclid", cookie="_gcl_aw"),
+    )
+    click_params = frozenset({"gclid", "gbraid", "wbraid", "dclid", "_gl"})
     settings_model = Ga4MpSettings
     max_batch = MAX_EVENTS
     max_age_s = SEVENTY_TWO_HOURS  # timestamp_micros may be at most 72 hours in the past

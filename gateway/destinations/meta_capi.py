@@ -5,6 +5,8 @@ Payload, hashing rules and error codes: docs/platforms.md §1.2 and §1.3.
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
@@ -26,6 +28,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
+from gateway.identifiers import Identifier
 from gateway.personal_data import match_keys as mk
 from gateway.personal_data import normalize
 from gateway.personal_data.match_keys import Rules, fixed
@@ -68,6 +71,60 @@ class MetaCapiSettings(DestinationSettings):
 USER_DATA_KEYS: Final = MetaPixel.user_keys
 
 
+FBP: Final = "_fbp"
+FBC: Final = "_fbc"
+# docs/platforms.md §1.3: `fb`, a decimal index, a 13-digit ms timestamp, a payload without dots,
+# then optionally one 2- or 8-char appendix written by Meta's Parameter Builder. The payload is
+# held to `[A-Za-z0-9_-]` (digits for fbp, the click ID for fbc) so a kept value can be set again
+# byte for byte: anything outside the cookie-safe set would come back quoted.
+_META_ID: Final = re.compile(
+    r"fb\.(\d{1,2})\.(\d{13})\.([A-Za-z0-9_-]{1,1024})(?:\.(?:[A-Za-z0-9_-]{2}|[A-Za-z0-9_-]{8}))?"
+)
+# Meta click IDs are base64url-like; `-` and `_` must be accepted (docs/platforms.md §1.3).
+_FBCLID: Final = re.compile(r"[A-Za-z0-9_-]{1,1024}")
+
+
+def valid_meta_id(value: str) -> bool:
+    """True for an `_fbp`/`_fbc` value of the shape in docs/platforms.md §1.3 (appendix allowed)."""
+    return _META_ID.fullmatch(value) is not None
+
+
+def _new_fbp(rng: random.Random, index: int, now_ms: int) -> str:
+    # Meta's own pixel uses a random integer below 2**31; 10 digits keeps that shape.
+    return f"fb.{index}.{now_ms}.{rng.randrange(10**9, 2**31)}"
+
+
+def _fbc_of(fbclid: str, index: int, now_ms: int) -> str:
+    return f"fb.{index}.{now_ms}.{fbclid}"
+
+
+def _click_in(fbc: str) -> str | None:
+    match = _META_ID.fullmatch(fbc)
+    return match[3] if match else None
+
+
+BROWSER_ID: Final = Identifier(
+    "fbp", cookie=FBP, shape=_META_ID, sets=True, refresh=True, mint=_new_fbp
+)
+"""`_fbp`: kept byte for byte and renewed (same value, new Max-Age); a missing or invalid one is
+replaced by `fb.<subdomainIndex>.<now_ms>.<10 random digits>`."""
+CLICK_ID: Final = Identifier(
+    "fbc",
+    cookie=FBC,
+    shape=_META_ID,
+    sets=True,
+    click_param="fbclid",
+    click_shape=_FBCLID,
+    from_click=_fbc_of,
+    click_of=_click_in,
+)
+"""`_fbc`: written only when the page URL carries a `fbclid` and the cookie is missing, invalid or
+holds a different click ID (the new click wins): `fb.<subdomainIndex>.<now_ms>.<fbclid>`. A
+cookie for the same click is kept and not renewed: docs/platforms.md §1.3 has the gateway set
+`_fbc` "only when the cookie is missing or its click ID differs", so its lifetime counts from
+the click."""
+
+
 # How Meta normalizes each match key before hashing (docs/platforms.md §1.3).
 MATCH_RULES: Final[Rules] = {
     "email": fixed(normalize.email),
@@ -95,8 +152,8 @@ def meta_user_data(user: User) -> dict[str, str]:
     clear = {
         "client_ip_address": user.client_ip,
         "client_user_agent": user.user_agent,
-        "fbp": user.fbp,
-        "fbc": user.fbc,
+        "fbp": user.ids.get("fbp"),
+        "fbc": user.ids.get("fbc"),
     }
     out.update({k: v for k, v in clear.items() if v})
     return out
@@ -237,6 +294,8 @@ class MetaCapi(Destination):
     type = "meta_capi"
     vendor = "meta"
     match_rules = MATCH_RULES
+    identifiers = (BROWSER_ID, CLICK_ID)
+    click_params = frozenset({"fbclid"})
     user_data = staticmethod(meta_user_data)
     settings_model = MetaCapiSettings
     max_batch = 1000

@@ -29,6 +29,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User
+from gateway.identifiers import OPAQUE, Identifier
 from gateway.personal_data import match_keys as mk
 from gateway.personal_data import normalize
 from gateway.personal_data.match_keys import Rules, fixed
@@ -133,7 +134,7 @@ def click_id(event: Event) -> str | None:
     Never for a consent-limited event: its click IDs were stripped on purpose."""
     if event.limited:
         return None
-    return url_param(event.event_source_url, "epik") or event.user.epik
+    return url_param(event.event_source_url, "epik") or event.user.ids.get("epik")
 
 
 def pinterest_user_data(user: User, click: str | None = None) -> dict[str, JSON]:
@@ -270,6 +271,11 @@ class PinterestCapi(Destination):
     type = "pinterest_capi"
     vendor = "pinterest"
     match_rules = MATCH_RULES
+    # The Pinterest tag's click ID (`epik` in the landing URL, its `_epik` cookie): passed on as
+    # the browser has it, never set: Pinterest documents no server-set `_epik`
+    # (docs/platforms.md §6).
+    identifiers = (Identifier("epik", cookie="_epik", shape=OPAQUE),)
+    click_params = frozenset({"epik"})
     settings_model = PinterestCapiSettings
     max_batch = 1000
     default_requires = ("ad_storage", "ad_user_data")

@@ -31,6 +31,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
+from gateway.identifiers import OPAQUE, Identifier
 from gateway.personal_data import match_keys as mk
 from gateway.personal_data.match_keys import Rules, fixed
 from gateway.settings import DestinationSettings
@@ -109,7 +110,11 @@ def reddit_user(user: User) -> dict[str, JSON]:
     for key, field in USER_KEYS.items():
         if made := mk.hashed(MATCH_RULES, field, getattr(user, field), user.country):
             out[key] = made
-    clear = {"ip_address": user.client_ip, "user_agent": user.user_agent, "uuid": user.rdt_uuid}
+    clear = {
+        "ip_address": user.client_ip,
+        "user_agent": user.user_agent,
+        "uuid": user.ids.get("rdt_uuid"),
+    }
     out.update({k: v for k, v in clear.items() if v})
     return out
 
@@ -205,6 +210,10 @@ class RedditCapi(Destination):
     type = "reddit_capi"
     vendor = "reddit"
     match_rules = MATCH_RULES
+    # The Reddit pixel's visitor ID (`_rdt_uuid`): passed on, never set, as Reddit documents no
+    # server-set one (docs/platforms.md §7); its click ID arrives as `rdt_cid` in the page URL.
+    identifiers = (Identifier("rdt_uuid", cookie="_rdt_uuid", shape=OPAQUE),)
+    click_params = frozenset({"rdt_cid"})
     settings_model = RedditCapiSettings
     max_batch = 1000
     max_age_s = SEVEN_DAYS  # Reddit refuses events older than this.

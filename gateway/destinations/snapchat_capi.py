@@ -29,6 +29,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User
+from gateway.identifiers import OPAQUE, Identifier
 from gateway.personal_data import match_keys as mk
 from gateway.personal_data import normalize
 from gateway.personal_data.match_keys import Rules, fixed
@@ -113,7 +114,7 @@ def click_id(event: Event) -> str | None:
     if event.limited:
         return None
     url = event.event_source_url
-    return url_param(url, "ScCid") or url_param(url, "sccid") or event.user.sccid
+    return url_param(url, "ScCid") or url_param(url, "sccid") or event.user.ids.get("sccid")
 
 
 def snapchat_user_data(user: User, click: str | None = None) -> dict[str, JSON]:
@@ -128,7 +129,7 @@ def snapchat_user_data(user: User, click: str | None = None) -> dict[str, JSON]:
         "client_ip_address": user.client_ip,
         "client_user_agent": user.user_agent,
         "sc_click_id": click,
-        "sc_cookie1": user.scid,
+        "sc_cookie1": user.ids.get("scid"),
     }
     out.update({k: v for k, v in clear.items() if v})
     return out
@@ -235,6 +236,10 @@ class SnapchatCapi(Destination):
     type = "snapchat_capi"
     vendor = "snapchat"
     match_rules = MATCH_RULES
+    # Snapchat's click ID (`ScCid` in the landing URL) and the Snap pixel's `_scid` cookie
+    # (Snapchat's `sc_cookie1`): passed on, never set, as Pinterest's `_epik`.
+    identifiers = (Identifier("sccid"), Identifier("scid", cookie="_scid", shape=OPAQUE))
+    click_params = frozenset({"sccid"})
     settings_model = SnapchatCapiSettings
     # Snap documents no per-request limit; an unofficial schema says 2,000. 1,000 stays under.
     max_batch = 1000

@@ -7,6 +7,9 @@ own `code` in the body, and one bad event fails the whole batch.
 
 from __future__ import annotations
 
+import random
+import re
+import string
 from collections.abc import Sequence
 from typing import Final, Literal
 
@@ -28,6 +31,7 @@ from gateway.destinations.base import (
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
+from gateway.identifiers import Identifier
 from gateway.personal_data import match_keys as mk
 from gateway.personal_data import normalize
 from gateway.personal_data.match_keys import Rules, fixed
@@ -61,6 +65,37 @@ USER_KEYS: Final = {
 }
 
 
+TTP: Final = "_ttp"
+TTCLID: Final = "ttclid"
+# TikTok's `_ttp` and `ttclid` formats are undocumented (docs/platforms.md §3.1, §3.3). Observed
+# values are url-safe letters and digits, with dots (`E.C.P.…` click IDs, `….tt.1` visitor IDs).
+# Only values a cookie holds unquoted are accepted, so a renewed cookie is the same bytes.
+_TIKTOK_ID: Final = re.compile(r"[A-Za-z0-9._~+-]{1,1024}")
+TTP_LENGTH: Final = 27
+"""New `_ttp` values: 27 url-safe random characters, the length of observed TikTok values. The
+real format is undocumented; the pixel and the Events API treat the value as opaque."""
+_TTP_ALPHABET: Final = string.ascii_letters + string.digits + "-_"
+
+
+def _new_ttp(rng: random.Random, index: int, now_ms: int) -> str:
+    return "".join(rng.choices(_TTP_ALPHABET, k=TTP_LENGTH))
+
+
+VISITOR_ID: Final = Identifier(
+    "ttp", cookie=TTP, shape=_TIKTOK_ID, sets=True, refresh=True, mint=_new_ttp
+)
+"""`_ttp`: kept and renewed like Meta's `_fbp`, else `TTP_LENGTH` random url-safe characters."""
+CLICK_ID: Final = Identifier(
+    "ttclid",
+    cookie=TTCLID,
+    shape=_TIKTOK_ID,
+    sets=True,
+    click_param="ttclid",
+    click_shape=_TIKTOK_ID,
+)
+"""`ttclid`: like Meta's `_fbc`, from the page URL's `ttclid`, written when missing or different."""
+
+
 # TikTok's match keys (docs/platforms.md §3.3); city, state and country are sent in clear
 # (`clear`), as Stape maps them: TikTok publishes no normalization for them.
 MATCH_RULES: Final[Rules] = {
@@ -86,8 +121,8 @@ def tiktok_user(user: User) -> dict[str, str]:
     }
     clear = {
         **tiktok_location(user),
-        "ttp": user.ttp,
-        "ttclid": user.ttclid,
+        "ttp": user.ids.get("ttp"),
+        "ttclid": user.ids.get("ttclid"),
         "ip": user.client_ip,
         "user_agent": user.user_agent,
     }
@@ -212,6 +247,8 @@ class TikTokEvents(Destination):
     type = "tiktok_events"
     vendor = "tiktok"
     match_rules = MATCH_RULES
+    identifiers = (VISITOR_ID, CLICK_ID)
+    click_params = frozenset({"ttclid"})
     settings_model = TikTokEventsSettings
     max_batch = 1000
     default_requires = ("ad_storage", "ad_user_data")  # docs/consent.md §7 recommendation

@@ -28,6 +28,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.destinations import IDENTIFIERS
 from gateway.event import CLEAR_USER_FIELDS, HASHED_USER_FIELDS, JSON, Event
 from gateway.outbox import Added, NewEvent, Status
 from gateway.personal_data import hashing
@@ -79,17 +80,8 @@ CONSENT_COOKIES: Final = (
     "_iub_cs",
 )
 # First-party identifiers a hit's events are matched by: shown so a missing one stands out.
-ID_COOKIES: Final = (
-    "_fbp",
-    "_fbc",
-    "_ga",
-    "_ttp",
-    "ttclid",
-    "_gcl_aw",
-    "_epik",
-    "_rdt_uuid",
-    "_scid",
-)
+# Every cookie a vendor's destination declares (`_fbp`, `_ga`, `_epik`).
+ID_COOKIES: Final = tuple(i.cookie for i in IDENTIFIERS.values() if i.cookie)
 HEADERS: Final = ("User-Agent", "Referer", "Origin", "Sec-GPC", "Content-Type")
 
 
@@ -464,6 +456,7 @@ class HitTrace:
             value = getattr(event.user, name)
             if value:
                 user[name] = value
+        user.update(event.user.ids)
         custom: dict[str, JSON] = {}
         for f in fields(event.custom):
             value = getattr(event.custom, f.name)

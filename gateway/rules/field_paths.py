@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import pycountry
 
+from gateway.destinations import IDENTIFIERS
 from gateway.event import ACTION_SOURCES, CUSTOM_FIELDS, USER_FIELDS, Event
 from gateway.sources.coerce import decimal_or_none
 
@@ -26,6 +27,8 @@ class Section(StrEnum):
 
     EVENT = "event"
     USER = "user"
+    ID = "id"
+    """A vendor identifier under `user` (`user.fbp`), kept in `User.ids`."""
     CUSTOM = "custom"
     EXTRA = "extra"
     """A free key under `custom`, kept in `Custom.extra`."""
@@ -52,7 +55,7 @@ class FieldPath:
     def __str__(self) -> str:
         if self.section is Section.EVENT:
             return self.name
-        if self.section is Section.USER:
+        if self.section in (Section.USER, Section.ID):
             return f"user.{self.name}"
         return f"custom.{self.name}"
 
@@ -73,6 +76,8 @@ def parse_path(text: str, *, setting: bool) -> FieldPath:
         return FieldPath(Section.EVENT, text)
     if head == "user" and rest in USER_FIELDS:
         return FieldPath(Section.USER, rest)
+    if head == "user" and rest in IDENTIFIERS:
+        return FieldPath(Section.ID, rest)
     if head == "custom" and rest and "." not in rest:
         if rest in CUSTOM_FIELDS:
             if setting and rest == "contents":
@@ -109,6 +114,11 @@ def drop(event: Event, path: FieldPath) -> Event:
         if getattr(event.user, path.name) is None:
             return event
         return replace(event, user=replace(event.user, **cleared))
+    if path.section is Section.ID:
+        if path.name not in event.user.ids:
+            return event
+        ids = {k: v for k, v in event.user.ids.items() if k != path.name}
+        return replace(event, user=replace(event.user, ids=ids))
     if path.section is Section.CUSTOM:
         if path.name in ("contents", "content_ids"):
             cleared[path.name] = ()
@@ -127,6 +137,8 @@ def assign(event: Event, path: FieldPath, value: Any) -> Event:
         return replace(event, **{path.name: value})
     if path.section is Section.USER:
         return replace(event, user=replace(event.user, **{path.name: value}))
+    if path.section is Section.ID:
+        return replace(event, user=replace(event.user, ids={**event.user.ids, path.name: value}))
     if path.section is Section.CUSTOM:
         return replace(event, custom=replace(event.custom, **{path.name: value}))
     # A copy each time: events must not share a list or dict some later code could change.

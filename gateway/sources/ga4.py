@@ -17,7 +17,17 @@ from multidict import MultiDict
 from pydantic import Field
 
 from gateway import names
-from gateway.event import JSON, Content, Custom, Event, Ga4Extras, RawHit, User, new_event_id
+from gateway.event import (
+    JSON,
+    Content,
+    Custom,
+    Event,
+    Ga4Extras,
+    RawHit,
+    User,
+    ids_of,
+    new_event_id,
+)
 from gateway.personal_data.hashing import b64url_digest_to_hex
 from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome, Parsed, Source
@@ -350,8 +360,10 @@ class Ga4(Source):
             external_id=_text(params.get("uid"), 256),
             client_ip=hit.client_ip,
             user_agent=hit.user_agent,
-            gclid=_text(url_param(page_url, "gclid"), 512),
-            ga_client_id=_text(params.get("cid"), 256),
+            ids=ids_of(
+                gclid=_text(url_param(page_url, "gclid"), 512),
+                ga_client_id=_text(params.get("cid"), 256),
+            ),
         )
         custom = Custom(
             value=decimal_or_none(params.get("epn.value") or params.get("ep.value")),

@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from gateway import names
-from gateway.event import Custom, Event, MetaExtras, RawHit, User, new_event_id
+from gateway.event import Custom, Event, MetaExtras, RawHit, User, ids_of, new_event_id
 from gateway.sources.base import GIF, Hit, Outcome, Parsed, Source, client_id_from_cookie
 from gateway.sources.coerce import (
     contents_from,
@@ -171,9 +171,11 @@ class MetaPixel(Source):
             **user_fields,
             client_ip=hit.client_ip,
             user_agent=hit.user_agent,
-            fbp=params.get("fbp") or hit.cookies.get("_fbp") or None,
-            fbc=fbc or None,
-            ga_client_id=client_id_from_cookie(hit.cookies),
+            ids=ids_of(
+                fbp=params.get("fbp") or hit.cookies.get("_fbp"),
+                fbc=fbc,
+                ga_client_id=client_id_from_cookie(hit.cookies),
+            ),
         )
         event = Event(
             event_id=event_id or new_event_id(),

@@ -7,7 +7,7 @@ field path, instead of dying later at a platform (or spoiling a whole batch ther
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Final
@@ -73,8 +73,11 @@ class BodyError(ValueError):
     """The body as a whole is unusable (answered with 400)."""
 
 
-def parse_body(body: bytes, received_at: float) -> Batch:
-    """`{"events": [...]}` into valid events and rejections; BodyError for a bad shape."""
+def parse_body(body: bytes, received_at: float, identifiers: Collection[str]) -> Batch:
+    """`{"events": [...]}` into valid events and rejections; BodyError for a bad shape.
+
+    `identifiers`: the vendor IDs `user` may carry besides the typed fields (the registry's
+    `gateway.destinations.IDENTIFIERS`, handed in by the server API's handler)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -93,7 +96,7 @@ def parse_body(body: bytes, received_at: float) -> Batch:
     rejected: list[dict[str, Any]] = []
     for index, raw in enumerate(raw_events):
         try:
-            events.append((index, parse_event(raw, received_at)))
+            events.append((index, parse_event(raw, received_at, identifiers)))
         except EventError as exc:
             rejected.append({"index": index, "error": str(exc)})
     return Batch(events, rejected)
@@ -220,12 +223,15 @@ def _custom(raw: object) -> Custom:
     )
 
 
-def _user(raw: object) -> User:
+def _user(raw: object, identifiers: Collection[str]) -> User:
     user = _object(raw, "user")
-    unknown = sorted(set(user) - set(USER_FIELDS))
+    unknown = sorted(set(user) - set(USER_FIELDS) - set(identifiers))
     if unknown:
         raise EventError(f"user.{unknown[0]}: unknown field")
-    return User(**{k: _text(v, f"user.{k}") for k, v in user.items()})
+    values = {k: _text(v, f"user.{k}") for k, v in user.items()}
+    typed = {k: v for k, v in values.items() if k in USER_FIELDS}
+    ids = {k: v for k, v in values.items() if k not in USER_FIELDS and v is not None}
+    return User(**typed, ids=ids)
 
 
 def _consent(raw: object) -> Consent:
@@ -240,8 +246,9 @@ def _consent(raw: object) -> Consent:
     return Consent(**states, basis=dict.fromkeys(states, "server"))
 
 
-def parse_event(raw: object, received_at: float) -> Event:
-    """One canonical event from JSON, or EventError naming the field."""
+def parse_event(raw: object, received_at: float, identifiers: Collection[str]) -> Event:
+    """One canonical event from JSON, or EventError naming the field (`identifiers`: as in
+    `parse_body`)."""
     event = _object(raw, "event")
     unknown = sorted(set(event) - _EVENT_KEYS)
     if unknown:
@@ -277,7 +284,7 @@ def parse_event(raw: object, received_at: float) -> Event:
         action_source=action_source,
         event_source_url=url,
         referrer=_text(event.get("referrer"), "referrer", limit=4096),
-        user=_user(event.get("user")),
+        user=_user(event.get("user"), identifiers),
         custom=_custom(event.get("custom")),
         consent=_consent(event.get("consent")),
         received_at=received_at,

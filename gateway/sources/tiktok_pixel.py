@@ -17,7 +17,16 @@ import orjson
 from aiohttp import web
 
 from gateway import names
-from gateway.event import Content, Custom, Event, RawHit, TikTokExtras, User, new_event_id
+from gateway.event import (
+    Content,
+    Custom,
+    Event,
+    RawHit,
+    TikTokExtras,
+    User,
+    ids_of,
+    new_event_id,
+)
 from gateway.sources.base import GIF, Hit, Outcome, Parsed, Source, client_id_from_cookie
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
 
@@ -256,9 +265,11 @@ class TikTokPixel(Source):
                 external_id=_first_text(user.get("external_id")),
                 client_ip=hit.client_ip,
                 user_agent=hit.user_agent,
-                ttp=text_or_none(user.get("anonymous_id"), 256) or hit.cookies.get("_ttp") or None,
-                ttclid=_ttclid(page_url, hit),
-                ga_client_id=client_id_from_cookie(hit.cookies),
+                ids=ids_of(
+                    ttp=text_or_none(user.get("anonymous_id"), 256) or hit.cookies.get("_ttp"),
+                    ttclid=_ttclid(page_url, hit),
+                    ga_client_id=client_id_from_cookie(hit.cookies),
+                ),
             ),
             custom=_custom(_obj(doc.get("properties"))),
             pixel_code=pixel_code,
@@ -285,9 +296,11 @@ class TikTokPixel(Source):
             user=User(
                 client_ip=hit.client_ip,
                 user_agent=hit.user_agent,
-                ttp=hit.cookies.get("_ttp") or None,
-                ttclid=_ttclid(page_url, hit),
-                ga_client_id=client_id_from_cookie(hit.cookies),
+                ids=ids_of(
+                    ttp=hit.cookies.get("_ttp"),
+                    ttclid=_ttclid(page_url, hit),
+                    ga_client_id=client_id_from_cookie(hit.cookies),
+                ),
             ),
             custom=_custom(properties),
             pixel_code=pixel_code,

@@ -63,7 +63,7 @@ def _server_event(**overrides: object) -> Event:
             external_id="cust-42",
             client_ip="203.0.113.7",
             user_agent="Mozilla/5.0",
-            ga_client_id="123.456",
+            ids={"ga_client_id": "123.456"},
         ),
         "custom": Custom(
             value=Decimal("129.90"),
@@ -92,7 +92,7 @@ def _browser_event(**overrides: object) -> Event:
             country="NO",
             client_ip="198.51.100.1",
             user_agent="Mozilla/5.0",
-            ga_client_id="1489945657.1691089601",
+            ids={"ga_client_id": "1489945657.1691089601"},
         ),
         "custom": Custom(
             value=Decimal("3180"),
@@ -280,7 +280,10 @@ def test_empty_order_id_never_becomes_an_empty_transaction_id() -> None:
 def test_no_client_id_is_invented() -> None:
     """Without gtag's client ID, GA4 gets nothing rather than a new, unattributed user; the row
     says why (`dropped_rule`, not `dead`: nothing is wrong with the event)."""
-    for user in (User(email="jane@example.com"), User(fbp="fb.1.1596403881668.1116446470")):
+    for user in (
+        User(email="jane@example.com"),
+        User(ids={"fbp": "fb.1.1596403881668.1116446470"}),
+    ):
         assert client_id_for(_server_event(user=user)) is None
         prepared = _destination().prepare(_server_event(user=user))
         assert prepared == Rejected("no ga_client_id", skipped=True)
@@ -397,7 +400,7 @@ def test_one_client_60_events_make_three_requests() -> None:
 def test_a_request_carries_one_client_and_one_user() -> None:
     dest = _destination()
     a = _browser_event(event_id="a1")
-    b = _browser_event(event_id="b1", user=User(ga_client_id="2.2"))
+    b = _browser_event(event_id="b1", user=User(ids={"ga_client_id": "2.2"}))
     a2 = _browser_event(event_id="a2")
     denied = _browser_event(event_id="a3", consent=Consent(ad_user_data=DENIED))
     requests = dest.build_requests(_items_for([a, b, a2, denied]))
@@ -485,7 +488,7 @@ def test_a_limited_event_keeps_no_session_or_user_properties() -> None:
         event_name="page_view",
         event_time=1_795_000_000,
         source="ga4",
-        user=User(ga_client_id="1.2"),
+        user=User(ids={"ga_client_id": "1.2"}),
         ga4=Ga4Extras(
             "G-ABC123", "page_view", session_id="1795000000", user_properties={"tier": "gold"}
         ),

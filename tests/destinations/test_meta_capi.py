@@ -79,8 +79,10 @@ def test_hashes_pass_through_and_identifiers_stay_clear() -> None:
             email=made,
             client_ip="203.0.113.7",
             user_agent="UA",
-            fbp="fb.1.1596403881668.1116446470",
-            fbc="fb.1.1554763741205.IwAR2F4-dbP0l7Mn1IawQQ",
+            ids={
+                "fbp": "fb.1.1596403881668.1116446470",
+                "fbc": "fb.1.1554763741205.IwAR2F4-dbP0l7Mn1IawQQ",
+            },
         )
     )
     assert data == {

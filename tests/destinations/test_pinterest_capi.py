@@ -149,7 +149,7 @@ def test_the_conversion_event_field_by_field() -> None:
 
 
 def test_click_id_from_the_cookie_when_the_url_has_none_and_never_when_limited() -> None:
-    user = User(email="jane@example.com", epik="from-cookie")
+    user = User(email="jane@example.com", ids={"epik": "from-cookie"})
     dest = _dest()
     cookie = dest.prepare(_event(user=user))
     assert isinstance(cookie, dict)

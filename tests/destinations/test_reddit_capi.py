@@ -68,7 +68,7 @@ def test_user_is_hashed_by_reddits_rules() -> None:
             first_name="Mary",  # Reddit takes no names: left out
             client_ip="203.0.113.7",
             user_agent=UA,
-            rdt_uuid="1700000000000.5f1c",
+            ids={"rdt_uuid": "1700000000000.5f1c"},
         )
     )
     assert user == {

@@ -86,7 +86,9 @@ def test_snaps_published_vectors() -> None:
 def test_the_conversion_event_field_by_field() -> None:
     event = _event(
         event_source_url="https://shop.example/thanks?ScCid=click-1",
-        user=User(email="jane@example.com", client_ip="203.0.113.7", user_agent=UA, scid="sc-1"),
+        user=User(
+            email="jane@example.com", client_ip="203.0.113.7", user_agent=UA, ids={"scid": "sc-1"}
+        ),
     )
     assert _dest().prepare(event) == {
         "event_name": "PURCHASE",
@@ -106,7 +108,9 @@ def test_the_conversion_event_field_by_field() -> None:
 
 
 def test_click_id_from_the_server_api_and_never_when_limited() -> None:
-    user = User(email="jane@example.com", sccid="from-backend", client_ip="1.2.3.4", user_agent=UA)
+    user = User(
+        email="jane@example.com", ids={"sccid": "from-backend"}, client_ip="1.2.3.4", user_agent=UA
+    )
     payload = _dest().prepare(_event(user=user))
     assert isinstance(payload, dict)
     assert payload["user_data"]["sc_click_id"] == "from-backend"

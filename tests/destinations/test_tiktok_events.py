@@ -44,8 +44,7 @@ def _server_event(**overrides: object) -> Event:
             external_id=" Cust-42 ",
             client_ip="203.0.113.7",
             user_agent="Mozilla/5.0",
-            ttp="ttp-cookie",
-            ttclid="click-1",
+            ids={"ttp": "ttp-cookie", "ttclid": "click-1"},
         ),
         "custom": Custom(
             value=Decimal("129.90"),
@@ -74,7 +73,7 @@ def _browser_event(**overrides: object) -> Event:
             external_id="123456",  # the pixel sends this one raw
             client_ip="198.51.100.1",
             user_agent="Mozilla/5.0",
-            ttp="ttp-2",
+            ids={"ttp": "ttp-2"},
         ),
         "custom": Custom(value=Decimal("99.95"), currency="USD", search_string="fleece"),
         "tiktok": TikTokExtras(event="CompletePayment", pixel_code="CABC123"),

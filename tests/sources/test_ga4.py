@@ -71,7 +71,7 @@ def test_get_page_view_maps_every_field() -> None:
     assert event.event_time == 1_795_000_000  # gtag sends no timestamp: receive time
     assert event.event_source_url == "https://shop.example/blog/"
     assert event.custom.page_title == "Blog"
-    assert event.user.ga_client_id == "1489945657.1691089601"
+    assert event.user.ids.get("ga_client_id") == "1489945657.1691089601"
     assert event.user.client_ip == "203.0.113.7"
     assert event.user.user_agent == "Mozilla/5.0 (test)"
     assert event.user.email is None
@@ -125,7 +125,7 @@ def test_post_lines_are_events_and_override_the_query() -> None:
     assert scroll.ga4.engagement_time_msec is None
     # The line's dt replaces the query's; the others keep it.
     assert [e.custom.page_title for e in parsed.events] == ["Home", "Test Page", "Home"]
-    assert [e.user.ga_client_id for e in parsed.events] == [
+    assert [e.user.ids.get("ga_client_id") for e in parsed.events] == [
         "1369988567.1756151735",
         "1369988567.1756151735",
         "999.888",
@@ -245,7 +245,7 @@ def test_params_search_user_properties_and_gclid() -> None:
     assert event.event_name == "search"
     assert event.custom.search_string == "wool socks"
     assert event.custom.extra == {"list": "main", "results": 7, "ratio": 0.25}
-    assert event.user.gclid == "Cj0KCQ-abc"
+    assert event.user.ids.get("gclid") == "Cj0KCQ-abc"
     assert event.referrer == "https://www.google.com/"
     assert event.ga4.user_properties == {"plan": "pro", "age_days": 12.5}
 

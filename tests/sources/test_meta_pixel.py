@@ -68,7 +68,7 @@ def test_get_hit_maps_every_field() -> None:
     assert event.custom.content_type == "product"
     assert event.custom.content_ids == ("264",)
     assert event.custom.contents == (Content(id="264", quantity=1, item_price=Decimal("79")),)
-    assert event.user.fbp == "fb.1.1748957013743.1524724929324944"
+    assert event.user.ids.get("fbp") == "fb.1.1748957013743.1524724929324944"
     assert event.user.client_ip == "203.0.113.7"
     assert event.user.user_agent == "Mozilla/5.0 (test)"
     assert event.meta.pixel_id == "1234567890"
@@ -99,7 +99,7 @@ def test_urlencoded_post_with_encoded_brackets() -> None:
     # The pixel hashed it already: passed through, masks (cud) and copies (aud) ignored.
     assert event.user.email == EM_HASH
     # A five-segment fbp (Parameter Builder appendix) survives byte for byte.
-    assert event.user.fbp == "fb.1.1778869247376.52390506499288804.AQYCAQMA"
+    assert event.user.ids.get("fbp") == "fb.1.1778869247376.52390506499288804.AQYCAQMA"
     assert parsed.notes["a"] == "stape-gtm-1.2.0-pb"
 
 
@@ -135,13 +135,13 @@ def test_multipart_beacon() -> None:
 def test_cookies_fill_in_fbp_and_fbc() -> None:
     target = "/tr?id=1&ev=PageView&dl=https%3A%2F%2Fshop.example%2F"
     event = source.parse(hit(target, cookies={"_fbp": "fb.1.1.2", "_fbc": "fb.1.1.IwAR"})).events[0]
-    assert (event.user.fbp, event.user.fbc) == ("fb.1.1.2", "fb.1.1.IwAR")
+    assert (event.user.ids.get("fbp"), event.user.ids.get("fbc")) == ("fb.1.1.2", "fb.1.1.IwAR")
 
 
 def test_fbc_is_derived_from_a_click_id_in_the_page_url() -> None:
     target = "/tr?id=1&ev=PageView&dl=https%3A%2F%2Fshop.example%2F%3Ffbclid%3DIwAR2F4-dbP0l_x"
     event = source.parse(hit(target)).events[0]
-    assert event.user.fbc == "fb.1.1795000000500.IwAR2F4-dbP0l_x"
+    assert event.user.ids.get("fbc") == "fb.1.1795000000500.IwAR2F4-dbP0l_x"
 
 
 def test_hits_without_id_or_ev_are_not_events() -> None:

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from gateway.destinations import IDENTIFIERS
 from gateway.sources.server import BodyError, EventError, authorized, parse_body, parse_event
 
 NOW = 1_795_000_000.0
@@ -36,7 +37,7 @@ def valid(**overrides: object) -> dict[str, object]:
 
 
 def test_the_contract_example_parses() -> None:
-    event = parse_event(valid(), NOW)
+    event = parse_event(valid(), NOW, IDENTIFIERS)
     assert (event.event_id, event.event_name, event.source) == ("ord-1001", "purchase", "server")
     assert event.custom.value == Decimal("129.90")
     assert event.custom.contents[0].item_price == Decimal("64.95")
@@ -70,15 +71,17 @@ def test_the_contract_example_parses() -> None:
 )
 def test_invalid_events_name_the_field(change: dict[str, object], message: str | None) -> None:
     if message is None:  # a number where a name is expected is taken as its text
-        parse_event(valid(**change), NOW)
+        parse_event(valid(**change), NOW, IDENTIFIERS)
         return
     with pytest.raises(EventError) as caught:
-        parse_event(valid(**change), NOW)
+        parse_event(valid(**change), NOW, IDENTIFIERS)
     assert str(caught.value).startswith(message)
 
 
 def test_other_action_sources_need_no_url() -> None:
-    event = parse_event(valid(action_source="physical_store", event_source_url=None), NOW)
+    event = parse_event(
+        valid(action_source="physical_store", event_source_url=None), NOW, IDENTIFIERS
+    )
     assert event.event_source_url is None
 
 
@@ -86,7 +89,7 @@ def test_a_batch_keeps_the_valid_and_indexes_the_rest() -> None:
     body = orjson.dumps(
         {"events": [valid(), valid(custom={"value": 1, "currency": "EURO"}), valid(event_id="b")]}
     )
-    batch = parse_body(body, NOW)
+    batch = parse_body(body, NOW, IDENTIFIERS)
     assert [i for i, _ in batch.events] == [0, 2]
     assert batch.rejected == [{"index": 1, "error": "custom.currency: unknown currency 'EURO'"}]
 
@@ -103,7 +106,7 @@ def test_a_batch_keeps_the_valid_and_indexes_the_rest() -> None:
 )
 def test_bad_bodies(body: bytes, message: str) -> None:
     with pytest.raises(BodyError, match=message):
-        parse_body(body, NOW)
+        parse_body(body, NOW, IDENTIFIERS)
 
 
 def test_authorization() -> None:

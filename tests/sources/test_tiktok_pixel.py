@@ -169,7 +169,7 @@ def test_get_noscript_image() -> None:
     assert event.tiktok == TikTokExtras(event="PageView", pixel_code="CABC123")
     assert event.event_time == int(RECEIVED)
     assert event.event_source_url == "https://shop.example/?ttclid=E.C.P.v1"
-    assert event.user.ttclid == "E.C.P.v1"
+    assert event.user.ids.get("ttclid") == "E.C.P.v1"
     assert event.dedupable is False
     assert parsed.notes == {"transport": "noscript", "pixel_code": "CABC123"}
 
@@ -201,9 +201,15 @@ def test_ttp_and_ttclid_from_the_payload_url_and_cookies() -> None:
     )
     cookies = {"_ttp": "ttp-cookie", "ttclid": "E.C.P.cookie"}
     (event,) = source.parse(event_of(body, cookies=cookies)).events
-    assert (event.user.ttp, event.user.ttclid) == ("ttp-from-json", "E.C.P.url")
+    assert (event.user.ids.get("ttp"), event.user.ids.get("ttclid")) == (
+        "ttp-from-json",
+        "E.C.P.url",
+    )
     (event,) = source.parse(event_of(with_event("ViewContent"), cookies=cookies)).events
-    assert (event.user.ttp, event.user.ttclid) == ("ttp-cookie", "E.C.P.cookie")
+    assert (event.user.ids.get("ttp"), event.user.ids.get("ttclid")) == (
+        "ttp-cookie",
+        "E.C.P.cookie",
+    )
 
 
 def test_flat_properties_and_extras() -> None:

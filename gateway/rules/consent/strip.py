@@ -7,43 +7,22 @@ from dataclasses import replace
 from typing import Final
 from urllib.parse import unquote_plus
 
+from gateway.destinations import CLICK_PARAMS, IDENTIFIERS
 from gateway.event import HASHED_USER_FIELDS, Event
 
 # Every field hashed before storage counts as an identifier, address fields included: the
 # contract strips "hashed personal data", and city + zip + date of birth narrow a person down.
-STRIPPED_USER_FIELDS: Final = (
-    *HASHED_USER_FIELDS,
-    "fbp",
-    "fbc",
-    "ttp",
-    "ttclid",
-    "gclid",
-    "ga_client_id",
-    "epik",
-    "rdt_uuid",
-    "sccid",
-    "scid",
-)
-"""User fields `limited` clears. `user_agent` stays and `client_ip` is truncated."""
+STRIPPED_USER_FIELDS: Final = HASHED_USER_FIELDS
+"""User fields `limited` clears, besides every vendor identifier (`User.ids`) whose declaration
+does not say `limited_keeps` (none does). `user_agent` stays and `client_ip` is truncated."""
+_KEPT_IDS: Final = frozenset(name for name, i in IDENTIFIERS.items() if i.limited_keeps)
 
-CLICK_ID_PARAMS: Final = frozenset(
-    {
-        "gclid",
-        "gbraid",
-        "wbraid",
-        "dclid",
-        "fbclid",
-        "ttclid",
-        "msclkid",
-        "_gl",
-        "epik",
-        "rdt_cid",
-        "sccid",
-    }
-)
-"""URL parameters `limited` removes from `event_source_url` and `referrer`: click IDs (and `_gl`,
-Google's cross-domain linker, which carries the client ID and gclid) would otherwise travel on
-inside the page URL."""
+OTHER_CLICK_IDS: Final = frozenset({"msclkid"})
+"""Click IDs of platforms the gateway has no destination for (Microsoft Ads)."""
+CLICK_ID_PARAMS: Final = CLICK_PARAMS | OTHER_CLICK_IDS
+"""URL parameters `limited` removes from `event_source_url` and `referrer`: every platform's
+click IDs as its destination declares them (and Google's `_gl` cross-domain linker, which
+carries the client ID and gclid), which would otherwise travel on inside the page URL."""
 
 _IPV4_PREFIX: Final = 24
 _IPV6_PREFIX: Final = 48
@@ -93,6 +72,7 @@ def limited(event: Event) -> Event:
         event.user,
         **dict.fromkeys(STRIPPED_USER_FIELDS),
         client_ip=truncate_ip(event.user.client_ip),
+        ids={k: v for k, v in event.user.ids.items() if k in _KEPT_IDS},
     )
     return replace(
         event,

@@ -6,6 +6,7 @@ from dataclasses import fields
 
 import pytest
 
+from gateway.destinations import IDENTIFIERS
 from gateway.event import Custom, Event, RawHit, User
 from gateway.rules.consent.strip import STRIPPED_USER_FIELDS, limited, strip_click_ids, truncate_ip
 
@@ -25,12 +26,14 @@ FULL_USER = User(
     external_id="cust-42",
     client_ip="203.0.113.7",
     user_agent="Mozilla/5.0 (X11; Linux x86_64)",
-    fbp="fb.1.1795000000000.123456789",
-    fbc="fb.1.1795000000000.IwAR",
-    ttp="ttp-cookie",
-    ttclid="ttclid-1",
-    gclid="gclid-1",
-    ga_client_id="123.456",
+    ids={
+        "fbp": "fb.1.1795000000000.123456789",
+        "fbc": "fb.1.1795000000000.IwAR",
+        "ttp": "ttp-cookie",
+        "ttclid": "ttclid-1",
+        "gclid": "gclid-1",
+        "ga_client_id": "123.456",
+    },
 )
 
 
@@ -53,6 +56,8 @@ def test_limited_strips_identifiers_and_keeps_the_rest() -> None:
     out = limited(event)
     for name in STRIPPED_USER_FIELDS:
         assert getattr(out.user, name) is None, name
+    for name in IDENTIFIERS:
+        assert name not in out.user.ids, name
     assert out.user.user_agent == FULL_USER.user_agent
     assert out.user.client_ip == "203.0.113.0"
     assert out.event_source_url == "https://shop.example/thanks?order=1&utm_source=x#top"
@@ -70,7 +75,11 @@ def test_limited_covers_every_identifier_field() -> None:
     # A new User field must be classified here on purpose: stripped, truncated or kept.
     kept_or_truncated = {"client_ip", "user_agent"}
     names = {f.name for f in fields(User)}
-    assert names == set(STRIPPED_USER_FIELDS) | kept_or_truncated
+    assert names == set(STRIPPED_USER_FIELDS) | kept_or_truncated | {"ids"}
+    # Every vendor identifier (`ids`) is stripped unless its declaration says `limited_keeps`.
+    assert not [name for name, i in IDENTIFIERS.items() if i.limited_keeps]
+    assert {"fbp", "fbc", "ttp", "ttclid", "gclid", "ga_client_id"} <= set(IDENTIFIERS)
+    assert {"epik", "rdt_uuid", "sccid", "scid"} <= set(IDENTIFIERS)
 
 
 @pytest.mark.parametrize(
