@@ -1,10 +1,12 @@
 """`tag-gateway validate`: sample events to each destination's test mode, and what came back.
 
-GA4 gets the real request body at `/debug/mp/collect` (nothing is recorded) and answers with
-validation messages; Meta and TikTok get it at their normal endpoint with the configured
-`test_event_code`, which routes it to their test-events view. Without a code they are skipped:
-the sample would count as a real conversion. A platform whose test mode records nothing
-(Pinterest's `?test=true`) is always checked there. Nothing here touches the store.
+Each destination says how its platform is tested (`test_mode`, `test_requests`,
+`test_findings`): GA4 gets the real request body at `/debug/mp/collect` (nothing is recorded)
+and answers with validation messages; Meta, TikTok and Reddit get it at their normal endpoint
+with the configured `test_event_code`, which routes it to their test-events view (without a code
+they are skipped: the sample would count as a real conversion); a platform whose test mode
+records nothing (Pinterest's `?test=true`) is always checked there. Nothing here touches the
+store.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ from decimal import Decimal
 from typing import TextIO
 
 import aiohttp
-import orjson
 
 from gateway import destinations
 from gateway.config import Config
 from gateway.delivery import transport
-from gateway.destinations.base import Destination, Item, OutRequest, Rejected, Verdict
-from gateway.destinations.ga4_mp import Ga4Mp
+from gateway.destinations.base import Destination, Item, Rejected
 from gateway.event import Consent, ConsentState, Content, Custom, Event, User
 
 SAMPLE_URL = "https://example.com/tag-gateway/validate"
@@ -99,66 +99,19 @@ def _items(dest: Destination, events: Sequence[Event], report: _Report) -> list[
     return items
 
 
-async def _ga4(
-    dest: Ga4Mp, session: aiohttp.ClientSession, events: Sequence[Event], report: _Report
+async def _check(
+    dest: Destination, session: aiohttp.ClientSession, events: Sequence[Event], report: _Report
 ) -> None:
-    url = f"{dest.settings.endpoint.rstrip('/')}/debug/mp/collect"  # without the secret
-    for request in dest.debug_requests(_items(dest, events, report)):
+    """The samples to the destination's test mode, and what it made of them."""
+    how = dest.test_how()
+    for request in dest.test_requests(_items(dest, events, report)):
         answer = await transport(session, request, dest.settings.timeout_ms / 1000)
-        report.line(f"{len(request.items)} sample events to {url}: {_status(answer.status)}")
-        if answer.status is None or not 200 <= answer.status < 300:
-            report.problem(answer.error or answer.body[:300].decode("utf-8", "replace"))
-            continue
-        try:
-            body = orjson.loads(answer.body)
-        except orjson.JSONDecodeError:
-            report.problem("the answer is not JSON")
-            continue
-        messages = body.get("validationMessages") if isinstance(body, dict) else None
-        if not isinstance(messages, list):
-            report.problem("the answer has no validationMessages")
-            continue
-        for message in messages:
-            if not isinstance(message, dict):
-                message = {"description": str(message)}
-            where = f"{message.get('validationCode', '?')} {message.get('fieldPath', '')}"
-            report.problem(f"{where.strip()}: {message.get('description', '')}")
-        if not messages:
-            report.detail("no validation messages")
-
-
-async def _test_event_code(
-    dest: Destination,
-    session: aiohttp.ClientSession,
-    events: Sequence[Event],
-    report: _Report,
-) -> None:
-    code = getattr(dest.settings, "test_event_code", None)
-    if not code:
-        report.line("skipped: no test_event_code configured (samples would count as real events)")
-        report.skipped = True
-        return
-    requests: list[OutRequest] = dest.build_requests(_items(dest, events, report))
-    await _send(dest, session, requests, f"with test_event_code {code}", report)
-
-
-async def _send(
-    dest: Destination,
-    session: aiohttp.ClientSession,
-    requests: Sequence[OutRequest],
-    how: str,
-    report: _Report,
-) -> None:
-    for request in requests:
-        answer = await transport(session, request, dest.settings.timeout_ms / 1000)
-        result = dest.classify(request, answer)
         report.line(f"{len(request.items)} sample events {how}: {_status(answer.status)}")
-        if result.verdict is Verdict.SENT:
-            report.detail(f"accepted: {result.message}")
-        elif result.verdict is Verdict.RETRY:
-            report.problem(f"failed (a delivery would retry): {result.message}")
-        else:
-            report.problem(f"refused: {result.message}")
+        details, problems = dest.test_findings(request, answer)
+        for text in details:
+            report.detail(text)
+        for text in problems:
+            report.problem(text)
 
 
 def _status(status: int | None) -> str:
@@ -176,15 +129,11 @@ async def run_validate(config: Config, out: TextIO) -> int:
         for name, settings in config.destinations.items():
             dest = destinations.TYPES[settings.type](name, settings)
             report = _Report(name, out)
-            if isinstance(dest, Ga4Mp):
-                await _ga4(dest, session, events, report)
-            elif "test_event_code" in type(dest.settings).model_fields:
-                await _test_event_code(dest, session, events, report)
-            elif dest.test_mode:
-                requests = dest.test_requests(_items(dest, events, report))
-                await _send(dest, session, requests, f"to its test mode ({dest.test_mode})", report)
+            why_not = dest.test_skipped()
+            if why_not is None:
+                await _check(dest, session, events, report)
             else:
-                report.line(f"skipped: {dest.type} has no test mode")
+                report.line(f"skipped: {why_not}")
                 report.skipped = True
             if report.problems:
                 report.line(f"{report.problems} problem(s)")

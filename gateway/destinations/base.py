@@ -139,7 +139,9 @@ class Destination(ABC):
     keeps_payload: ClassVar[bool] = False
     """True when the stored payload is the record itself (`dry_run`) and outlives delivery."""
     test_mode: ClassVar[str | None] = None
-    """How `validate` reaches a test mode that records nothing (`test_requests`); None: none."""
+    """How `validate` reaches the platform's test mode (`test_requests`), as `validate` says it:
+    `TEST_EVENT_CODE` for the normal endpoint with the configured `test_event_code`, else the
+    endpoint that records nothing (`?test=true`); None: none."""
     match_keys: ClassVar[frozenset[str] | None] = None
     """The report's match keys (`pipeline.MATCH_KEYS`) this platform matches on; None: all.
     `report --fail-on-drop` judges only these."""
@@ -209,14 +211,47 @@ class Destination(ABC):
     def classify(self, request: OutRequest, answer: Answer) -> Result:
         """The verdict on one answer, by the platform's own codes first. Pure."""
 
+    def test_skipped(self) -> str | None:
+        """Why `validate` sends this destination nothing, or None when it can check it."""
+        if self.test_mode is None:
+            return f"{self.type} has no test mode"
+        if self.test_mode == TEST_EVENT_CODE and not self._test_event_code():
+            return "no test_event_code configured (samples would count as real events)"
+        return None
+
+    def test_how(self) -> str:
+        """Where `validate`'s samples go, as it prints it (`with test_event_code TEST1`)."""
+        if self.test_mode == TEST_EVENT_CODE:
+            return f"with test_event_code {self._test_event_code()}"
+        return f"to its test mode ({self.test_mode})"
+
     def test_requests(self, items: Sequence[Item]) -> list[OutRequest]:
         """Requests carrying these items to the platform's `test_mode`, for `validate`."""
+        if self.test_mode == TEST_EVENT_CODE:
+            return self.build_requests(items)  # the settings' test_event_code is in them
         raise NotImplementedError(f"{self.type} has no test mode")
+
+    def test_findings(self, request: OutRequest, answer: Answer) -> tuple[list[str], list[str]]:
+        """What `validate` says of the test mode's answer: (details, problems)."""
+        result = self.classify(request, answer)
+        if result.verdict is Verdict.SENT:
+            return [f"accepted: {result.message}"], []
+        if result.verdict is Verdict.RETRY:
+            return [], [f"failed (a delivery would retry): {result.message}"]
+        return [], [f"refused: {result.message}"]
+
+    def _test_event_code(self) -> str | None:
+        code: str | None = getattr(self.settings, "test_event_code", None)
+        return code
 
     def describe(self) -> str:
         """A one-line, secret-free summary for `tag-gateway check`."""
         return self.type
 
+
+TEST_EVENT_CODE: Final = "test_event_code"
+"""The `test_mode` of a platform whose normal endpoint shows events sent with a configured
+`test_event_code` in its test view instead of counting them (Meta, TikTok, Reddit)."""
 
 MAX_RETRY_AFTER_S = 3600.0
 """The longest Retry-After honoured; past it the next try comes after an hour."""

@@ -364,6 +364,7 @@ class Ga4Mp(Destination):
 
     type = "ga4_mp"
     vendor = "ga4"
+    test_mode = "/debug/mp/collect"
     match_rules = MATCH_RULES
     # gtag's client ID (its `_ga` cookie, which the browser sources read) and Google Ads' click
     # ID (`gclid`, kept by gtag in `_gcl_aw`); the cookie plan touches neither. `_gl` is Google's
@@ -436,6 +437,32 @@ class Ga4Mp(Destination):
         return self._requests(
             items, "/debug/mp/collect", validation_behavior="ENFORCE_RECOMMENDATIONS"
         )
+
+    def test_how(self) -> str:
+        return f"to {self.settings.endpoint.rstrip('/')}/debug/mp/collect"  # without the secret
+
+    def test_requests(self, items: Sequence[Item]) -> list[OutRequest]:
+        return self.debug_requests(items)
+
+    def test_findings(self, request: OutRequest, answer: Answer) -> tuple[list[str], list[str]]:
+        """The validation server's `validationMessages`, each a problem: it answers 2xx to
+        anything, so only the messages say whether the events were valid."""
+        if answer.status is None or not 200 <= answer.status < 300:
+            return [], [answer.error or answer.body[:300].decode("utf-8", "replace")]
+        try:
+            body = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            return [], ["the answer is not JSON"]
+        messages = body.get("validationMessages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            return [], ["the answer has no validationMessages"]
+        problems = []
+        for message in messages:
+            if not isinstance(message, dict):
+                message = {"description": str(message)}
+            where = f"{message.get('validationCode', '?')} {message.get('fieldPath', '')}"
+            problems.append(f"{where.strip()}: {message.get('description', '')}")
+        return ([] if problems else ["no validation messages"]), problems
 
     def classify(self, request: OutRequest, answer: Answer) -> Result:
         if answer.status is not None and 200 <= answer.status < 300:

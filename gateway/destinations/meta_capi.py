@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr
 
 from gateway import __version__, names
 from gateway.destinations.base import (
+    TEST_EVENT_CODE,
     Answer,
     Destination,
     Item,
@@ -294,6 +295,7 @@ class MetaCapi(Destination):
     type = "meta_capi"
     vendor = "meta"
     match_rules = MATCH_RULES
+    test_mode = TEST_EVENT_CODE
     identifiers = (BROWSER_ID, CLICK_ID)
     click_params = frozenset({"fbclid"})
     user_data = staticmethod(meta_user_data)

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr
 
 from gateway import names
 from gateway.destinations.base import (
+    TEST_EVENT_CODE,
     Answer,
     Destination,
     Item,
@@ -210,6 +211,7 @@ class RedditCapi(Destination):
     type = "reddit_capi"
     vendor = "reddit"
     match_rules = MATCH_RULES
+    test_mode = TEST_EVENT_CODE
     # The Reddit pixel's visitor ID (`_rdt_uuid`): passed on, never set, as Reddit documents no
     # server-set one (docs/platforms.md §7); its click ID arrives as `rdt_cid` in the page URL.
     identifiers = (Identifier("rdt_uuid", cookie="_rdt_uuid", shape=OPAQUE),)

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr
 
 from gateway import names
 from gateway.destinations.base import (
+    TEST_EVENT_CODE,
     Answer,
     Destination,
     Item,
@@ -247,6 +248,7 @@ class TikTokEvents(Destination):
     type = "tiktok_events"
     vendor = "tiktok"
     match_rules = MATCH_RULES
+    test_mode = TEST_EVENT_CODE
     identifiers = (VISITOR_ID, CLICK_ID)
     click_params = frozenset({"ttclid"})
     settings_model = TikTokEventsSettings
