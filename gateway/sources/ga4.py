@@ -42,6 +42,28 @@ MAX_PARAMS: Final = 300
 MAX_ITEMS: Final = 200
 """`pr1`…`pr200`: GA4 keeps at most 200 items an event."""
 
+# GA4's recommended events, for gtag's `en` and the Measurement Protocol's `name`.
+names.register(
+    "ga4",
+    "GA4",
+    {
+        "page_view": "page_view",
+        "view_content": "view_item",
+        "search": "search",
+        "add_to_cart": "add_to_cart",
+        "add_to_wishlist": "add_to_wishlist",
+        "initiate_checkout": "begin_checkout",
+        "add_payment_info": "add_payment_info",
+        "purchase": "purchase",
+        "lead": "generate_lead",
+        "complete_registration": "sign_up",
+        "contact": "contact",
+        "subscribe": "subscribe",
+        "start_trial": "start_trial",
+    },
+    tag=True,
+)
+
 _REQUIRED: Final = ("tid", "cid", "en")
 CONSENT_KEYS: Final = (
     "gcs",

@@ -26,6 +26,28 @@ from gateway.sources.coerce import (
 )
 from gateway.sources.forms import form_fields
 
+# Meta's standard events, for the pixel's `ev` and the Conversions API's `event_name`.
+names.register(
+    "meta",
+    "Meta",
+    {
+        "page_view": "PageView",
+        "view_content": "ViewContent",
+        "search": "Search",
+        "add_to_cart": "AddToCart",
+        "add_to_wishlist": "AddToWishlist",
+        "initiate_checkout": "InitiateCheckout",
+        "add_payment_info": "AddPaymentInfo",
+        "purchase": "Purchase",
+        "lead": "Lead",
+        "complete_registration": "CompleteRegistration",
+        "contact": "Contact",
+        "subscribe": "Subscribe",
+        "start_trial": "StartTrial",
+    },
+    tag=True,
+)
+
 # `ud[k]` key → canonical user field: Meta's names, the same in the Conversions API's
 # `user_data` (docs/platforms.md §1.3); `meta_capi` and `forward` read them through `user_keys`.
 USER_KEYS: Final = {

@@ -30,6 +30,31 @@ from gateway.event import (
 from gateway.sources.base import GIF, Hit, Outcome, Parsed, Source, client_id_from_cookie
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
 
+# TikTok's standard events, for the pixel's `event` and the Events API's `event`. TikTok renamed
+# CompletePayment and SubmitForm on 1 May 2025; the old names still arrive from older pages.
+# The no-script image sends `PageView` where ttq.page() sends `Pageview`.
+names.register(
+    "tiktok",
+    "TikTok",
+    {
+        "page_view": "Pageview",
+        "view_content": "ViewContent",
+        "search": "Search",
+        "add_to_cart": "AddToCart",
+        "add_to_wishlist": "AddToWishlist",
+        "initiate_checkout": "InitiateCheckout",
+        "add_payment_info": "AddPaymentInfo",
+        "purchase": "Purchase",
+        "lead": "Lead",
+        "complete_registration": "CompleteRegistration",
+        "contact": "Contact",
+        "subscribe": "Subscribe",
+        "start_trial": "StartTrial",
+    },
+    tag=True,
+    inbound={"CompletePayment": "purchase", "SubmitForm": "lead", "PageView": "page_view"},
+)
+
 ANSWER: Final = b'{"code":0,"message":"OK"}'
 """The answer to a pixel POST, as TikTok gives it (docs/http.md §1)."""
 
