@@ -1,4 +1,13 @@
-"""Destination types by their `type:` key. Adding a platform: one module, one line here."""
+"""Destination types by their `type:` key. Adding a platform: one module (or folder), one line
+in `TYPES` here.
+
+The face of this package, all that code outside it may import: this registry (`TYPES`, and what
+it collects from each type's declarations: `IDENTIFIERS`, `VENDOR_IDENTIFIERS`, `CLICK_PARAMS`)
+and `gateway.destinations.base` (what every destination is). A destination module (`meta_capi`,
+`pinterest_capi`, ...) is private: nothing else imports it, its siblings included; what one
+destination needs of another (`forward` a vendor's hashing rules, `dry_run` Meta's user data)
+the registry hands over below.
+"""
 
 from __future__ import annotations
 
