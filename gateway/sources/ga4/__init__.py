@@ -19,7 +19,6 @@ from pydantic import Field
 from gateway import names
 from gateway.event import (
     JSON,
-    Content,
     Custom,
     Event,
     Ga4Extras,
@@ -32,6 +31,7 @@ from gateway.personal_data.hashing import b64url_digest_to_hex
 from gateway.settings import SourceSettings
 from gateway.sources.base import Hit, Outcome, Parsed, Source
 from gateway.sources.coerce import decimal_or_none, int_or_none, text_or_none, url_param
+from gateway.sources.ga4.items import content_of, items_of, number
 
 MAX_EVENTS: Final = 50
 """Lines read from one POST body, twice what a Measurement Protocol request takes (25); gtag
@@ -39,8 +39,6 @@ sends a handful. Each line is an event built and stored: 1,000 of them held the 
 seconds (bench/hostile.py)."""
 MAX_PARAMS: Final = 300
 """Parameters read from one line: 200 items (`pr1`…), 25 custom ones and the standard set fit."""
-MAX_ITEMS: Final = 200
-"""`pr1`…`pr200`: GA4 keeps at most 200 items an event."""
 
 # GA4's recommended events, for gtag's `en` and the Measurement Protocol's `name`.
 names.register(
@@ -81,33 +79,6 @@ CONSENT_KEYS: Final = (
 # `ep.<name>` params that fill typed canonical fields instead of `custom.extra`.
 _TYPED_PARAMS: Final = frozenset({"transaction_id", "value", "search_term"})
 
-# Item field key (2 chars) → GA4 item parameter name (d8a-tech/d8a `columns_items.go`).
-_ITEM_FIELDS: Final = {
-    "id": "item_id",
-    "nm": "item_name",
-    "af": "affiliation",
-    "cp": "coupon",
-    "ds": "discount",
-    "lp": "index",
-    "br": "item_brand",
-    "ca": "item_category",
-    "c2": "item_category2",
-    "c3": "item_category3",
-    "c4": "item_category4",
-    "c5": "item_category5",
-    "li": "item_list_id",
-    "ln": "item_list_name",
-    "va": "item_variant",
-    "lo": "location_id",
-    "pr": "price",
-    "qt": "quantity",
-    "cn": "creative_name",
-    "cs": "creative_slot",
-    "pi": "promotion_id",
-    "pn": "promotion_name",
-}
-_NUMERIC_ITEM_FIELDS: Final = frozenset({"discount", "index", "price", "quantity"})
-
 # `em` user-provided data key → canonical user field. `fn0`/`ln0` are address 0; gtag hashes
 # em/pn/fn/ln (base64url digests) and sends postal code and country in clear.
 _USER_DATA: Final = {
@@ -128,15 +99,6 @@ class Ga4Settings(SourceSettings):
 
     event_id_param: str = Field(default="event_id", min_length=1, max_length=40)
     """The event parameter (`ep.<name>`) that carries the event ID (project convention)."""
-
-
-def _number(text: str) -> JSON:
-    """An `epn.`/`upn.`/item number as a JSON number; text that is no number stays text."""
-    value = decimal_or_none(text)
-    if value is None:
-        return text
-    # Within 15 digits an integer is exact as a JSON number, even read as a double.
-    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def _text(value: str | None, limit: int = 2048) -> str | None:
@@ -161,85 +123,6 @@ def _merged(shared: MultiDict[str], line: str, dropped: list[int]) -> MultiDict[
         params.popall(key, None)
     params.extend(own)
     return params
-
-
-def _item_custom_params(fields: list[tuple[str, str]]) -> dict[str, str]:
-    """Custom item params from `k<i><name>` / `v<i><value>` pairs.
-
-    `v<i>` is ambiguous when the value starts with a digit (`v112`: index 1 → `12`, or index
-    11 → `2`), so the index is resolved against the `k` indices: a `v` with one possible index
-    takes it first; the others take the longest index still without a value.
-    """
-    keys: dict[str, str] = {}
-    for kind, text in fields:
-        digits = _leading_digits(text)
-        # GA4 param names start with a letter, so a `k` index is all its leading digits.
-        if kind == "k" and digits and text[len(digits) :]:
-            keys.setdefault(digits, text[len(digits) :])
-    found: dict[str, str] = {}
-    pending: list[tuple[str, list[str]]] = []
-    for kind, text in fields:
-        digits = _leading_digits(text)
-        candidates = [digits[:n] for n in range(1, len(digits) + 1) if digits[:n] in keys]
-        if kind != "v" or not candidates:
-            continue
-        if len(candidates) == 1:
-            found.setdefault(keys[candidates[0]], text[len(candidates[0]) :])
-        else:
-            pending.append((text, candidates))
-    for text, candidates in pending:
-        unclaimed = [c for c in candidates if keys[c] not in found]
-        if unclaimed:
-            found[keys[unclaimed[-1]]] = text[len(unclaimed[-1]) :]
-    return found
-
-
-def _leading_digits(text: str) -> str:
-    end = 0
-    while end < len(text) and text[end].isascii() and text[end].isdigit():
-        end += 1
-    return text[:end]
-
-
-def _item(raw: str) -> dict[str, JSON]:
-    """One `pr<N>` string (`id…~nm…~pr…~qt…`) as a GA4 item dict; unknown keys are dropped."""
-    item: dict[str, JSON] = {}
-    custom_fields: list[tuple[str, str]] = []
-    for part in raw.split("~"):
-        key, value = part[:2], part[2:]
-        if key[:1] in ("k", "v") and key[1:2].isascii() and key[1:2].isdigit():
-            custom_fields.append((key[:1], part[1:]))
-        elif (name := _ITEM_FIELDS.get(key)) and value and name not in item:
-            item[name] = _number(value) if name in _NUMERIC_ITEM_FIELDS else value
-    for name, value in _item_custom_params(custom_fields).items():
-        item.setdefault(name, value)
-    return item
-
-
-def _items(params: MultiDict[str]) -> list[dict[str, JSON]]:
-    """`pr1`…`pr200` in index order (gtag numbers them from 1)."""
-    indexed: list[tuple[int, str]] = []
-    for key, value in params.items():
-        if key.startswith("pr") and key[2:].isascii() and key[2:].isdigit():
-            index = int(key[2:])
-            if 1 <= index <= MAX_ITEMS:
-                indexed.append((index, value))
-    indexed.sort(key=lambda pair: pair[0])
-    return [item for _, raw in indexed if (item := _item(raw))]
-
-
-def _content(item: dict[str, JSON]) -> Content | None:
-    item_id = text_or_none(item.get("item_id"), 256)
-    if item_id is None:
-        return None  # GA4 allows an item with only a name; canonical contents need an ID
-    return Content(
-        id=item_id,
-        quantity=int_or_none(item.get("quantity")),
-        item_price=decimal_or_none(item.get("price")),
-        name=text_or_none(item.get("item_name"), 256),
-        category=text_or_none(item.get("item_category"), 256),
-        brand=text_or_none(item.get("item_brand"), 256),
-    )
 
 
 def _user_data(raw: str | None) -> dict[str, str]:
@@ -283,7 +166,7 @@ def _extra(params: MultiDict[str], skip: Iterable[str]) -> dict[str, JSON]:
         if prefix == "ep":
             extra[name] = value
         elif prefix == "epn":
-            extra[name] = _number(value)
+            extra[name] = number(value)
     return extra
 
 
@@ -297,7 +180,7 @@ def _user_properties(params: MultiDict[str]) -> dict[str, JSON]:
             if prefix == "up":
                 props[name] = value
             elif prefix == "upn":
-                props[name] = _number(value)
+                props[name] = number(value)
     return props
 
 
@@ -376,7 +259,7 @@ class Ga4(Source):
             # ID as any the page could give (docs/platforms.md §0, recommendation).
             event_id, dedupable = order_id, True
         page_url = _text(params.get("dl"), 4096)
-        items = _items(params)
+        items = items_of(params)
         user = User(
             **_user_data(params.get("em")),
             external_id=_text(params.get("uid"), 256),
@@ -391,7 +274,7 @@ class Ga4(Source):
             value=decimal_or_none(params.get("epn.value") or params.get("ep.value")),
             currency=_text(params.get("cu"), 8),
             order_id=order_id,
-            contents=tuple(c for item in items if (c := _content(item)) is not None),
+            contents=tuple(c for item in items if (c := content_of(item)) is not None),
             search_string=_text(_param(params, "search_term")),
             page_title=_text(params.get("dt")),
             extra=_extra(params, _TYPED_PARAMS | {self.event_id_param}),
