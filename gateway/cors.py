@@ -47,7 +47,7 @@ def cors_middleware(
       to the shop's origin (a cached first-party script, for one).
 
     Place it first in the app's middleware list so it also decorates answers that inner
-    middlewares make up (the 503 of `_never_a_500`).
+    middlewares make up (the 503 of `middlewares.never_a_500`).
     """
     allowed = frozenset(normalize_origin(o) for o in allowed_origins if o.strip())
     only = frozenset(paths) if paths is not None else None

@@ -18,9 +18,10 @@ from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
 from gateway import logs
-from gateway.app import create_app, ops_port
+from gateway.app import create_app
 from gateway.config import EMBEDDED, Config, Listen
 from gateway.guard import ConnectionGuard
+from gateway.ops.listener import ops_port
 from gateway.outbox import StoreLocked
 
 log = structlog.get_logger("gateway.server")

@@ -26,9 +26,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import config as config_module
-from gateway.app import STORE, create_app
+from gateway.app import create_app
 from gateway.config import Config
 from gateway.outbox import SqliteOutbox as Store
+from gateway.typedefs import STORE
 
 GIF_PREFIX = b"GIF89a"
 

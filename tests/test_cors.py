@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
 from gateway.cors import ALLOW_METHODS, MAX_AGE_S, cors_middleware
+from gateway.middlewares import never_a_500
 
 SHOP = "https://shop.example"
 WWW = "https://www.shop.example"
@@ -21,19 +22,6 @@ StartApp = Callable[..., Awaitable[Client]]
 def acah_headers(headers: CIMultiDictProxy[str]) -> set[str]:
     """The Access-Control-* headers present in an answer."""
     return {k.lower() for k in headers if k.lower().startswith("access-control-")}
-
-
-@web.middleware
-async def never_a_500(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Like app.py's: a bug answers 503."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception:
-        return web.json_response({"error": "unavailable"}, status=503)
 
 
 @pytest.fixture

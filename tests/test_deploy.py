@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway import config as config_module
-from gateway.app import SHUTDOWN_GRACE_S
+from gateway.contexts import SHUTDOWN_GRACE_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -107,7 +107,7 @@ StartProxy = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 @pytest.fixture
 def start_proxy(aiohttp_client: ClientFactory) -> StartProxy:
-    """A gateway-like app with the proxy built in a cleanup context, the way app.py wires it."""
+    """A gateway-like app with the proxy built in a cleanup context, as contexts.py wires it."""
 
     async def start(*scripts: Script, **options: Any) -> TestClient[web.Request, web.Application]:
         app = web.Application()

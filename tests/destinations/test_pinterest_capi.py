@@ -14,7 +14,6 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from gateway import names
-from gateway.app import PIPELINE
 from gateway.config import Config
 from gateway.destinations.base import Answer, Item, Rejected, Verdict
 from gateway.destinations.pinterest_capi import (
@@ -25,6 +24,7 @@ from gateway.destinations.pinterest_capi import (
 )
 from gateway.event import Content, Custom, Event, User
 from gateway.personal_data.hashing import sha256_hex
+from gateway.typedefs import PIPELINE
 from gateway.validate import run_validate
 from tests.conftest import FakePlatform, Gateway, Recorded, eventually
 

@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from gateway.app import PIPELINE
 from gateway.config import Config
 from gateway.destinations.base import Answer, Item, Rejected, Verdict
 from gateway.destinations.snapchat_capi import (
@@ -24,6 +23,7 @@ from gateway.destinations.snapchat_capi import (
 )
 from gateway.event import Custom, Event, User
 from gateway.personal_data.hashing import sha256_hex
+from gateway.typedefs import PIPELINE
 from gateway.validate import run_validate
 from tests.conftest import FakePlatform, Gateway, Recorded, eventually
 

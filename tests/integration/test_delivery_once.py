@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.app import WORKERS
 from gateway.config import Config
+from gateway.typedefs import WORKERS
 from tests.conftest import FakePlatform, Gateway, Recorded, eventually
 from tests.integration.test_batches import post_all
 

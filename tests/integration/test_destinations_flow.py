@@ -10,10 +10,10 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
-from gateway.app import PIPELINE
 from gateway.config import Config
 from gateway.event import Custom, Event, User
 from gateway.personal_data.hashing import sha256_hex
+from gateway.typedefs import PIPELINE
 from tests.conftest import FakePlatform, Gateway, Recorded, eventually
 
 Start = Callable[[Config], Awaitable[Gateway]]
