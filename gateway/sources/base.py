@@ -58,6 +58,7 @@ class Hit:
     received_at: float
     referer: str | None = None
     gpc: bool = False
+    """`Sec-GPC: 1` came; `gateway/ingest/signals.py` makes it a consent signal, not the source."""
     accept_language: str | None = None
 
 

@@ -355,7 +355,6 @@ class TikTokPixel(Source):
             referrer=referrer,
             user=user,
             custom=custom,
-            consent_signals={"gpc": "1"} if hit.gpc else {},
             received_at=hit.received_at,
             dedupable=event_id is not None,
             # The name as received, so a TikTok destination sends exactly what a browser copy

@@ -298,11 +298,6 @@ def test_a_hit_with_no_valid_event_is_malformed() -> None:
         assert parsed.outcome is Outcome.MALFORMED
 
 
-def test_gpc_is_a_consent_signal() -> None:
-    (event,) = source.parse(hit(f"{SHARED}&gcs=G100", gpc=True)).events
-    assert event.consent_signals == {"gcs": "G100", "gpc": "1"}
-
-
 def test_routes_and_answer() -> None:
     assert list(source.routes()) == [("GET", "/g/collect"), ("POST", "/g/collect")]
     moved = Ga4(Ga4Settings(path="/collect-here"))

@@ -285,11 +285,6 @@ def test_garbage_fields_inside_an_event_are_dropped() -> None:
     assert (event.custom.value, event.custom.currency, event.custom.contents) == (None, None, ())
 
 
-def test_gpc_is_a_consent_signal() -> None:
-    (event,) = source.parse(event_of(PAGEVIEW, gpc=True)).events
-    assert event.consent_signals == {"gpc": "1"}
-
-
 def test_routes() -> None:
     assert sorted(source.routes()) == sorted(
         [

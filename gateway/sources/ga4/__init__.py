@@ -280,8 +280,6 @@ class Ga4(Source):
             extra=_extra(params, _TYPED_PARAMS | {self.event_id_param}),
         )
         consent = {key: str(params[key]) for key in CONSENT_KEYS if params.get(key)}
-        if hit.gpc:
-            consent["gpc"] = "1"
         return Event(
             event_id=event_id or new_event_id(),
             event_name=event_name,
