@@ -117,7 +117,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def sqlite_only(backend: str) -> None:
     """For a test that reaches into SQLite itself (its file, or holding its single writer)."""
     if backend != "sqlite":
-        pytest.skip("reaches into the SQLite store; its PostgreSQL twin is in test_store_pg.py")
+        pytest.skip("reaches into the SQLite store itself")
 
 
 @pytest.fixture
