@@ -17,11 +17,11 @@ from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from gateway import destinations, names, sources
 from gateway.rules.field_rules import Rule, parse_rules
-from gateway.scripts import parse_ttl
+from gateway.scripts import Script
 from gateway.settings import DestinationSettings, Secret, SourceSettings, StrictModel
 
 ENV_VAR: Final = "TAG_GATEWAY_CONFIG"
@@ -100,25 +100,6 @@ class Cookies(StrictModel):
 
     domain: str
     max_age_days: int = Field(default=90, ge=1, le=400)
-
-
-class Script(StrictModel):
-    """A vendor script served first-party."""
-
-    path: str = Field(pattern=r"^/")
-    upstream: str = Field(pattern=r"^https?://")
-    ttl: str = "1h"
-    rewrite: dict[str, str] = Field(default_factory=dict)
-    query: tuple[str, ...] | None = None
-    """Request query parameters passed on to the upstream (the first value of each); None:
-    the ones vendor scripts read (`scripts.QUERY_KEYS`). Others, such as cache busters, are
-    ignored, so they cannot each make a fetch and a cache entry."""
-
-    @field_validator("ttl")
-    @classmethod
-    def _ttl(cls, value: str) -> str:
-        parse_ttl(value)  # raises ValueError with the reason, reported under scripts[i].ttl
-        return value
 
 
 class ConsentSettings(StrictModel):

@@ -17,20 +17,20 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from pydantic import Field, field_validator
 from yarl import URL
 
-if TYPE_CHECKING:  # config.py may import parse_ttl from here to validate `ttl`
-    from gateway.config import Script
+from gateway.settings import StrictModel
+from gateway.times import parse_duration
 
 log = structlog.get_logger("gateway.scripts")
 
@@ -49,19 +49,32 @@ QUERY_KEYS: Final = ("id", "l", "gtm_auth", "gtm_preview", "gtm_cookies_win", "s
 gtag.js/gtm.js take the tag ID, the dataLayer name and an environment's three; TikTok's
 events.js its pixel code and the global's name. fbevents.js reads none."""
 
-_TTL: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNIT_S: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_TTL_S: Final = 1.0
 
 
 def parse_ttl(text: str) -> float:
-    """`90s`, `15m`, `1h`, `1d` (or bare seconds) as seconds; ValueError below one second."""
-    match = _TTL.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (use 90s, 15m, 1h or 1d)")
-    seconds = float(match[1]) * _UNIT_S[match[2]]
-    if seconds < 1:
-        raise ValueError(f"too short: {text!r} (at least 1s)")
-    return seconds
+    """A script's `ttl` (`90s`, `15m`, `1h`, `1d`, or bare seconds) as seconds; ValueError below
+    one second."""
+    return parse_duration(text, at_least=MIN_TTL_S)
+
+
+class Script(StrictModel):
+    """A vendor script served first-party."""
+
+    path: str = Field(pattern=r"^/")
+    upstream: str = Field(pattern=r"^https?://")
+    ttl: str = "1h"
+    rewrite: dict[str, str] = Field(default_factory=dict)
+    query: tuple[str, ...] | None = None
+    """Request query parameters passed on to the upstream (the first value of each); None:
+    the ones vendor scripts read (`QUERY_KEYS`). Others, such as cache busters, are
+    ignored, so they cannot each make a fetch and a cache entry."""
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: str) -> str:
+        parse_ttl(value)  # raises ValueError with the reason, reported under scripts[i].ttl
+        return value
 
 
 class _UpstreamError(Exception):

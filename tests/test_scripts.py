@@ -19,8 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.config import Script
-from gateway.scripts import RETRY_AFTER_S, ScriptProxy, parse_ttl
+from gateway.scripts import RETRY_AFTER_S, Script, ScriptProxy, parse_ttl
 from tests.conftest import eventually
 
 PIXEL_JS = b"!function(){var u='https://www.facebook.com/tr';send(u)}();\n" * 40
