@@ -9,6 +9,18 @@ from functools import lru_cache
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def parse_networks(texts: Sequence[str], path: str, problems: list[str]) -> tuple[IPNetwork, ...]:
+    """The networks a config lists (`10.0.0.0/8`, `2001:db8::/32`, a bare address), host bits
+    ignored; one problem under `path[i]` for each entry that is not one."""
+    nets = []
+    for i, text in enumerate(texts):
+        try:
+            nets.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            problems.append(f"{path}[{i}]: not an IP network: {text!r}")
+    return tuple(nets)
+
+
 @lru_cache(maxsize=4096)
 def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     value = text.strip()

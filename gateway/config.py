@@ -6,7 +6,6 @@ them at once, and never with a secret's value.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,8 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from gateway import destinations, names, sources
+from gateway.client_ip import IPNetwork, parse_networks
+from gateway.problems import describe, join
 from gateway.rules.field_rules import Rule, parse_rules
 from gateway.scripts import Script
 from gateway.settings import DestinationSettings, Secret, SourceSettings, StrictModel
@@ -34,7 +35,6 @@ _PLACEHOLDER: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOKEN: Final = re.compile(r"tgenv__([A-Za-z_][A-Za-z0-9_]*)__tgend")
 
 M = TypeVar("M", bound=BaseModel)
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -197,7 +197,7 @@ def parse(text: str, origin: str, env: Mapping[str, str] | None = None) -> Confi
     dests = _destinations(dests_raw, problems)
     srcs = _sources(_mapping(document.pop("sources", None), "sources", problems), problems)
     raw = _validate(_Document, document, "", problems)
-    proxies = _networks(raw.trusted_proxies if raw else (), problems)
+    proxies = parse_networks(raw.trusted_proxies if raw else (), "trusted_proxies", problems)
     _cross_check(dests_raw.keys(), srcs, problems)
     rules, rule_problems = parse_rules(rules_raw, dests_raw.keys())
     problems.extend(rule_problems)
@@ -238,7 +238,7 @@ def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str
 
         return _TOKEN.sub(replace, node)
     if isinstance(node, dict):
-        return {k: _substitute(v, env, _join(path, str(k)), problems) for k, v in node.items()}
+        return {k: _substitute(v, env, join(path, str(k)), problems) for k, v in node.items()}
     if isinstance(node, list):
         return [_substitute(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
     return node
@@ -268,86 +268,12 @@ def _mapping(node: object, path: str, problems: list[str]) -> dict[str, Any]:
     return {str(k): v for k, v in node.items()}
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
 def _validate(model: type[M], data: object, path: str, problems: list[str]) -> M | None:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_describe(exc, path))
+        problems.extend(describe(exc, path))
         return None
-
-
-def _describe(exc: ValidationError, prefix: str) -> list[str]:
-    lines = []
-    errors = exc.errors(include_input=False, include_url=False)
-    for error in errors:
-        if error["type"] == "too_short" and any(
-            e["loc"][: len(error["loc"])] == error["loc"] and e is not error for e in errors
-        ):
-            continue  # "at least 1 item" only because an item failed: that item says why
-        where = prefix
-        for part in error["loc"]:
-            where = f"{where}[{part}]" if isinstance(part, int) else _join(where, str(part))
-        lines.append(f"{where or '<top>'}: {_plain(error['type'], error['msg'], error.get('ctx'))}")
-    return lines
-
-
-# pydantic's wording is about Python types ("input should be a valid tuple"); a shop writes YAML.
-_PLAIN: Final = {
-    "missing": "required",
-    "extra_forbidden": "unknown key",
-    "tuple_type": "must be a list",
-    "list_type": "must be a list",
-    "set_type": "must be a list",
-    "frozen_set_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-    "string_type": "must be text",
-    "int_type": "must be a whole number",
-    "int_parsing": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "greater_than_equal": "must be at least {ge}",
-    "greater_than": "must be above {gt}",
-    "less_than_equal": "must be at most {le}",
-    "less_than": "must be below {lt}",
-    "string_too_short": "must be at least {min_length} characters",
-    "string_too_long": "must be at most {max_length} characters",
-    "too_short": "must have at least {min_length} entries",
-    "too_long": "must have at most {max_length} entries",
-    "literal_error": "must be {expected}",
-    "enum": "must be {expected}",
-}
-_PATTERNS: Final = {
-    "^/": "must start with /",
-    "^https?://": "must start with http:// or https://",
-    "^postgres(ql)?://": "must start with postgresql://",
-}
-
-
-def _plain(kind: str, msg: str, ctx: Mapping[str, Any] | None) -> str:
-    """One problem in the config's terms: "must be a list", never "a valid tuple"."""
-    ctx = ctx or {}
-    if kind == "string_pattern_mismatch":
-        pattern = str(ctx.get("pattern", ""))
-        return _PATTERNS.get(pattern, f"does not have the expected form ({pattern})")
-    if kind in _PLAIN:
-        try:
-            return _PLAIN[kind].format(**ctx)
-        except (KeyError, IndexError):
-            pass
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    for python, plain in (("Input should be", "must be"), ("String should", "must")):
-        msg = msg.replace(python, plain)
-    return msg[:1].lower() + msg[1:]
 
 
 def _destinations(raw: dict[str, Any], problems: list[str]) -> dict[str, DestinationSettings]:
@@ -393,16 +319,6 @@ def _sources(raw: dict[str, Any], problems: list[str]) -> dict[str, SourceSettin
         if settings is not None:
             out[name] = settings
     return out
-
-
-def _networks(raw: tuple[str, ...], problems: list[str]) -> tuple[IPNetwork, ...]:
-    nets = []
-    for i, text in enumerate(raw):
-        try:
-            nets.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            problems.append(f"trusted_proxies[{i}]: not an IP network: {text!r}")
-    return tuple(nets)
 
 
 def _cross_check(

@@ -36,12 +36,13 @@ from typing import Annotated, Any, Final
 
 from pydantic import Field, StringConstraints, ValidationError
 
+from gateway.client_ip import IPNetwork, parse_networks
 from gateway.event import Event
+from gateway.problems import describe
 from gateway.rules.field_paths import FieldPath, PathError, assign, coerce, drop, parse_path
 from gateway.rules.url_params import redact_params
 from gateway.settings import StrictModel
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ACTIONS: Final = ("redact_url_params", "drop_fields", "drop_events", "set", "rename_event")
@@ -155,7 +156,7 @@ def parse_rules(
         try:
             model = _RuleModel.model_validate(dict(entry))
         except ValidationError as exc:
-            problems.extend(_describe(exc, path))
+            problems.extend(describe(exc, path, _MESSAGES))
             continue
         rule = _rule(index, model, destinations, path, problems)
         if rule is not None:
@@ -230,13 +231,7 @@ def _drop_events(model: _DropEventsModel, path: str, problems: list[str]) -> Dro
             problems.append(f"{path}.user_agent_matches: invalid regex: {exc}")
     networks = None
     if model.ip_in is not None:
-        nets = []
-        for i, text in enumerate(model.ip_in):
-            try:
-                nets.append(ipaddress.ip_network(text.strip(), strict=False))
-            except ValueError:
-                problems.append(f"{path}.ip_in[{i}]: not an IP network: {text!r}")
-        networks = tuple(nets)
+        networks = parse_networks(model.ip_in, f"{path}.ip_in", problems)
     names = frozenset(model.event_names) if model.event_names is not None else None
     return DropEvents(pattern, networks, names)
 
@@ -254,27 +249,13 @@ def _set_fields(raw: Mapping[str, Any], path: str, problems: list[str]) -> SetFi
     return SetFields(tuple(values))
 
 
+# Where a rule's wording differs from the rest of the config's (`problems.PLAIN`): every list
+# and text of a rule has a minimum of one, so "must not be empty" says all there is to say.
 _MESSAGES: Final = {
-    "missing": "required",
-    "extra_forbidden": "unknown key",
     "string_type": "must be a string",
     "string_too_short": "must not be empty",
     "too_short": "must not be empty",
-    "tuple_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
 }
-
-
-def _describe(exc: ValidationError, prefix: str) -> list[str]:
-    lines = []
-    for error in exc.errors(include_input=False, include_url=False):
-        where = prefix
-        for part in error["loc"]:
-            where = f"{where}[{part}]" if isinstance(part, int) else f"{where}.{part}"
-        message = _MESSAGES.get(error["type"]) or error["msg"][:1].lower() + error["msg"][1:]
-        lines.append(f"{where}: {message}")
-    return lines
 
 
 # --- applying --------------------------------------------------------------------------------
