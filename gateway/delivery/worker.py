@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
 
+from gateway.delivery.health import Health
+from gateway.delivery.retry import answered, unsent
+from gateway.delivery.transport import transport
 from gateway.destinations.base import Answer, Destination, Item, OutRequest, Result, Verdict
 from gateway.metrics import Metrics
 from gateway.outbox import Claimed, Finished, Status, Storage
@@ -44,80 +45,6 @@ of it while its rows are in hand. On PostgreSQL it is also how long a dead repli
 for another replica."""
 WRITE_BACK_S: Final = 1.0
 """Of a stop's grace, the part kept for writing outcomes and giving rows back."""
-AGE_MARGIN_S: Final = 60.0
-"""The last try of an event comes this long before the platform's age limit (clocks differ)."""
-
-
-def backoff_s(
-    attempt: int,
-    base_ms: int,
-    max_ms: int,
-    retry_after_s: float | None = None,
-    rng: random.Random | None = None,
-) -> float:
-    """Delay before the next try: `base_ms` doubled with each attempt up to `max_ms`, of which
-    a random half to all (equal jitter: the wait grows with every attempt, and a crowd of rows
-    that failed together spreads out), never sooner than the platform's `Retry-After`.
-    """
-    cap = min(max_ms, base_ms * 2 ** min(max(0, attempt - 1), 62)) / 1000
-    delay = (rng or random).uniform(cap / 2, cap)
-    return max(delay, retry_after_s or 0.0)
-
-
-@dataclass(slots=True)
-class Health:
-    """How a destination's requests have been going, for `/readyz`."""
-
-    last_success_at: float | None = None
-    consecutive_failures: int = 0
-    last_error: str | None = None
-    auth_error: str | None = None
-    """Set while the platform refuses the credentials (an invalid or expired token)."""
-
-    def record(self, result: Result, now: float) -> None:
-        """Count one request's verdict."""
-        if result.auth:
-            self.auth_error = self.last_error = result.message[:300]
-            return
-        if result.verdict is not Verdict.RETRY:
-            self.auth_error = None  # the platform took the credentials
-        if result.verdict is Verdict.SENT:
-            self.last_success_at, self.consecutive_failures = now, 0
-        elif result.verdict is Verdict.RETRY:
-            self.consecutive_failures += 1
-            self.last_error = result.message[:300]
-        else:
-            # The platform answered: it is up, even if it refused this event.
-            self.last_success_at, self.consecutive_failures = now, 0
-            self.last_error = result.message[:300]
-
-    @property
-    def healthy(self) -> bool:
-        """False after three transient failures in a row, and while the credentials fail."""
-        return self.consecutive_failures < 3 and self.auth_error is None
-
-
-async def transport(
-    session: aiohttp.ClientSession, request: OutRequest, timeout_s: float
-) -> Answer:
-    """Make one HTTP request; timeouts and socket errors become an Answer with no status."""
-    try:
-        async with session.request(
-            request.method,
-            request.url,
-            data=request.body,
-            headers=dict(request.headers),
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-            allow_redirects=False,
-        ) as response:
-            body = await response.read()
-            return Answer(response.status, body, dict(response.headers))
-    except TimeoutError:
-        return Answer(None, b"", {}, error=f"timeout after {timeout_s:.1f}s")
-    except aiohttp.ClientError as exc:
-        # Some errors quote the URL, and a URL may carry a secret (GA4's api_secret).
-        detail = str(exc).replace(request.url, request.url.split("?", 1)[0])
-        return Answer(None, b"", {}, error=f"{type(exc).__name__}: {detail[:200]}")
 
 
 class Worker:
@@ -339,19 +266,19 @@ class Worker:
         """Send one claimed batch, writing each request's outcome back as its answer comes."""
         now = time.time()
         dest = self.destination
-        final: list[Finished] = []
+        settled: list[Finished] = []
         items: list[Item] = []
         for row in claimed:
             if dest.max_age_s is not None and row.event_time < now - dest.max_age_s:
                 # Never sent, never batched with fresh events: the platform refuses it whole.
-                final.append(
-                    self._final(row, Status.DEAD, "older than the platform's age limit", now)
+                settled.append(
+                    unsent(dest, row, Status.DEAD, "older than the platform's age limit", now)
                 )
             elif row.payload is None:
-                final.append(self._final(row, Status.DEAD, "payload missing", now))
+                settled.append(unsent(dest, row, Status.DEAD, "payload missing", now))
             else:
                 items.append(Item(row.id, raw=row.payload))
-        await self._record(final)
+        await self._record(settled)
         if items:
             rows = {c.id: c for c in claimed}
             refused: list[Result] = []
@@ -372,7 +299,9 @@ class Worker:
             if refused:
                 now = time.time()
                 outcomes = [
-                    self._outcome(rows[item.delivery_id], refused[0], None, 0.0, now)
+                    answered(
+                        dest, rows[item.delivery_id], refused[0], None, 0.0, now, self._paused_until
+                    )
                     for item in request.items
                 ]
                 await self._record(outcomes)
@@ -416,7 +345,15 @@ class Worker:
         now = time.time()
         await self._record(
             [
-                self._outcome(rows[item.delivery_id], result, answer.status, latency_ms, now)
+                answered(
+                    dest,
+                    rows[item.delivery_id],
+                    result,
+                    answer.status,
+                    latency_ms,
+                    now,
+                    self._paused_until,
+                )
                 for item in request.items
             ]
         )
@@ -440,84 +377,6 @@ class Worker:
             self._held.pop(outcome.id, None)
             self.metrics.count_delivery(self.destination.name, str(outcome.status))
 
-    def _outcome(
-        self,
-        row: Claimed,
-        result: Result,
-        http_status: int | None,
-        latency_ms: float,
-        now: float,
-    ) -> Finished:
-        dest = self.destination
-        retry = dest.settings.retry
-        attempts = row.attempts + 1
-        first_attempt_at = row.first_attempt_at or now
-        status = Status.DEAD
-        next_at = now
-        message = result.message
-        if result.auth:
-            # Not the event's fault: it waits, queued, and the try does not count as an attempt.
-            return Finished(
-                id=row.id,
-                status=Status.QUEUED,
-                attempts=row.attempts,
-                next_attempt_at=self._paused_until or now,
-                http_status=http_status,
-                message=f"waiting for working credentials: {message}",
-                latency_ms=latency_ms,
-                first_attempt_at=row.first_attempt_at or now,
-                erase_payload=False,
-            )
-        if result.verdict is Verdict.SENT:
-            status = Status.SENT
-        elif result.verdict is Verdict.RETRY:
-            next_at = now + backoff_s(attempts, retry.base_ms, retry.max_ms, result.retry_after_s)
-            budget_ends = first_attempt_at + retry.give_up_after
-            age_ends = (
-                float("inf")
-                if dest.max_age_s is None
-                else row.event_time + dest.max_age_s - AGE_MARGIN_S
-            )
-            last_try = min(budget_ends, age_ends)
-            if retry.max_attempts is not None and attempts >= retry.max_attempts:
-                message = f"gave up after {attempts} attempts: {message}"
-            elif next_at <= last_try:
-                status = Status.FAILED
-            elif now < last_try and now + (result.retry_after_s or 0.0) <= last_try:
-                # The backoff would overshoot the budget: one last try when it ends.
-                status, next_at = Status.FAILED, last_try
-            elif age_ends <= budget_ends:
-                message = f"would pass the platform's age limit before the next try: {message}"
-            else:
-                spent = _duration(now - first_attempt_at)
-                message = f"gave up after {spent} and {attempts} attempts: {message}"
-        return Finished(
-            id=row.id,
-            status=status,
-            attempts=attempts,
-            next_attempt_at=next_at,
-            http_status=http_status,
-            message=message,
-            latency_ms=latency_ms,
-            first_attempt_at=first_attempt_at,
-            # A dead row keeps its payload so an operator can fix the cause and replay it;
-            # retention prunes it. A sent one has no use for it.
-            erase_payload=status is Status.SENT and not dest.keeps_payload,
-        )
-
-    def _final(self, row: Claimed, status: Status, message: str, now: float) -> Finished:
-        return Finished(
-            id=row.id,
-            status=status,
-            attempts=row.attempts,
-            next_attempt_at=now,
-            http_status=None,
-            message=message,
-            latency_ms=None,
-            first_attempt_at=row.first_attempt_at or now,
-            erase_payload=not self.destination.keeps_payload,
-        )
-
 
 async def _all(attempts: Iterable[Awaitable[None]]) -> None:
     """Run side by side until every one is done, then raise the first failure, if any (one
@@ -526,13 +385,3 @@ async def _all(attempts: Iterable[Awaitable[None]]) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
-
-
-def _duration(seconds: float) -> str:
-    """`4h0m`, `12m30s`, `45s`: a retry span for the log."""
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m"
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
