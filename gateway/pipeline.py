@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import orjson
 import structlog
@@ -24,10 +24,18 @@ from gateway.personal_data.scrub import scrub_event
 from gateway.rules import consent as consent_rules
 from gateway.rules.field_rules import Dropped, Rule, apply_rules, split_shared
 
-if TYPE_CHECKING:
-    from gateway.preview import HitTrace
-
 log = structlog.get_logger("gateway.pipeline")
+
+
+class Traced(Protocol):
+    """A traced hit, told what its events became (`gateway.preview.HitTrace`; the preview
+    imports the pipeline, so the pipeline names only what it calls)."""
+
+    def prepared(
+        self, events: Sequence[Event], rows: Sequence[NewEvent], send_to: Sequence[str]
+    ) -> None:
+        """The events and their rows, before they are written."""
+
 
 NOT_IN_EVENTS: Final = "not in events:"
 """The reason on the row of an event a destination's `events:` leaves out."""
@@ -199,7 +207,7 @@ class Pipeline:
         )
 
     async def ingest(
-        self, events: Sequence[Event], send_to: Sequence[str], trace: HitTrace | None = None
+        self, events: Sequence[Event], send_to: Sequence[str], trace: Traced | None = None
     ) -> list[Added]:
         """Prepare and durably store events; returns after COMMIT."""
         rows = self.prepare(events, send_to)

@@ -399,7 +399,7 @@ async def test_a_session_keeps_its_last_200_traces(
     assert {"m-5", "m-204"} <= set(ids)
     preview = gw.app[PREVIEW]
     # Rows of forgotten traces are forgotten too (dry_run rows may already be done).
-    assert len(preview._rows) <= 200
+    assert len(preview.tracing.rows) <= 200
     for _ in range(12):
         await start_session(gw)
     assert len(preview.sessions) == 8
