@@ -11,7 +11,7 @@ import dataclasses
 from typing import Final
 
 from gateway.outbox.dialect import BLOCKS_DEDUP_SQL, PENDING_SQL, Dialect, Params
-from gateway.outbox.records import DeliveryQuery, Status
+from gateway.outbox.records import MATCH_KEY_BITS, DeliveryQuery, Status
 from gateway.outbox.where import too_old, where
 
 # Lease up to ?4 due rows, oldest due first. On PostgreSQL, rows another replica is claiming
@@ -67,7 +67,7 @@ WHERE status IN {PENDING_SQL}
 GROUP BY destination
 """
 
-_KEY_SUMS: Final = ", ".join(f"SUM((e.match_keys >> {bit}) & 1)" for bit in range(6))
+_KEY_SUMS: Final = ", ".join(f"SUM((e.match_keys >> {bit}) & 1)" for bit in range(MATCH_KEY_BITS))
 """One count per match-key bit (pipeline.MATCH_KEYS order)."""
 
 
