@@ -7,7 +7,7 @@ import random
 from typing import Final
 
 from gateway.destinations.base import Destination, Result, Verdict
-from gateway.store import Claimed, Finished, Status
+from gateway.outbox import Claimed, Finished, Status
 
 AGE_MARGIN_S: Final = 60.0
 """The last try of an event comes this long before the platform's age limit (clocks differ)."""
