@@ -57,39 +57,10 @@ FACES: Final = {
 BACKENDS: Final = ("gateway.outbox.sqlite", "gateway.outbox.postgres")
 OUTBOX: Final = "gateway.outbox"
 
-# Today's known exceptions: (rule, importer, imported) for an import, (rule, module, module) for
-# a cycle through those two, (rule, module, "") for a size; each says which work of issue 19
-# removes it. The goal is an empty dict.
-EXCEPTIONS: Final[dict[tuple[str, str, str], str]] = {
-    # vendors: siblings import none of each other; forward, meta_capi, dry_run and preview read
-    # a tag's data through the registry; validate asks each destination how it is tested.
-    ("vendor", "gateway.destinations.dry_run", "gateway.destinations.meta_capi"): "vendors",
-    ("vendor", "gateway.destinations.forward", "gateway.sources.meta_pixel"): "vendors",
-    ("vendor", "gateway.destinations.forward", "gateway.sources.tiktok_pixel"): "vendors",
-    ("vendor", "gateway.preview.mask", "gateway.sources.ga4"): "vendors",
-    ("vendor", "gateway.preview.mask", "gateway.sources.meta_pixel"): "vendors",
-    ("vendor", "gateway.preview.mask", "gateway.sources.tiktok_pixel"): "vendors",
-    ("vendor", "gateway.sources.meta_pixel", "gateway.sources.ga4"): "vendors",
-    ("vendor", "gateway.sources.tiktok_pixel", "gateway.sources.ga4"): "vendors",
-    ("vendor", "gateway.sources.tiktok_pixel", "gateway.sources.meta_pixel"): "vendors",
-    ("vendor", "gateway.validate", "gateway.destinations.ga4_mp"): "vendors",
-    # sizes: one duration grammar in times.py (config <-> scripts); the preview's trace in
-    # modules of its own, no longer importing the pipeline.
-    ("cycle", "gateway.config", "gateway.scripts"): "sizes",
-    ("cycle", "gateway.pipeline", "gateway.preview.traces"): "sizes",
-    ("cycle", "gateway.pipeline", "gateway.preview"): "sizes",
-    # Modules over MAX_LINES, by who splits them.
-    ("size", "gateway.app", ""): "ingest: app.py wires only",
-    ("size", "gateway.cli", ""): "sizes: cli a package, a module per command group",
-    ("size", "gateway.config", ""): "sizes: config's copied helpers and duration parser out",
-    ("size", "gateway.delivery", ""): "sizes: delivery a package (worker, retry, health)",
-    ("size", "gateway.preview.traces", ""): "sizes: preview sessions and traces split",
-    ("size", "gateway.outbox.sqlite.outbox", ""): "outbox: group commit and planning once",
-    ("size", "gateway.outbox.postgres.outbox", ""): "outbox: group commit and planning once",
-    ("size", "gateway.destinations.forward", ""): "vendors: forward reads through the registry",
-    ("size", "gateway.destinations.ga4_mp", ""): "vendors: GA4 destination folder",
-    ("size", "gateway.sources.ga4", ""): "vendors: GA4 source folder",
-}
+# Known exceptions: (rule, importer, imported) for an import, (rule, module, module) for a
+# cycle through those two, (rule, module, "") for a size, each with why it is allowed. Empty: a
+# new entry needs a reason a reviewer accepts.
+EXCEPTIONS: Final[dict[tuple[str, str, str], str]] = {}
 
 
 class StaleLayoutException(UserWarning):

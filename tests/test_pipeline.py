@@ -24,7 +24,7 @@ GRANTED = ConsentState.GRANTED
 
 
 def event(**kw: Any) -> Event:
-    kw.setdefault("user", User(email="ada@example.com", ga_client_id="111.222"))
+    kw.setdefault("user", User(email="ada@example.com", ids={"ga_client_id": "111.222"}))
     kw.setdefault("custom", Custom(value=Decimal("12.50"), currency="EUR"))
     kw.setdefault("source", "server")
     return Event(kw.pop("event_id", "ev-1"), kw.pop("name", "purchase"), 1_700_000_000, **kw)
@@ -69,7 +69,7 @@ def test_each_destination_gets_a_queued_row_with_what_it_prepared() -> None:
 
 
 def test_match_keys_set_one_bit_per_key() -> None:
-    user = User(phone="+33", fbc="fb.1", client_ip="192.0.2.1", user_agent="ua")
+    user = User(phone="+33", client_ip="192.0.2.1", user_agent="ua", ids={"fbc": "fb.1"})
     assert match_keys(event(user=user)) == 0b100000 | 0b10000 | 0b10
     assert match_keys(event(user=User(client_ip="192.0.2.1"))) == 0  # IP needs its user agent
 
@@ -114,7 +114,7 @@ def test_a_shared_drop_rule_drops_for_every_destination_and_leaves_no_touch() ->
             {"destination": "a", "drop_fields": ["user.email"]},
         ],
     )
-    row = p.rows(event(user=User(user_agent="a bot", ga_client_id="1.2")), ["a", "b"])
+    row = p.rows(event(user=User(user_agent="a bot", ids={"ga_client_id": "1.2"})), ["a", "b"])
     reason = "rules[0].drop_events: user_agent_matches 'bot'"
     assert by_destination(row) == {
         "a": (Status.DROPPED_RULE, reason),
@@ -122,7 +122,9 @@ def test_a_shared_drop_rule_drops_for_every_destination_and_leaves_no_touch() ->
     }
     assert row.touches == ()
     # The control: without the bot, the same event is a visit.
-    assert p.rows(event(user=User(user_agent="Firefox", ga_client_id="1.2")), ["a"]).touches
+    assert p.rows(
+        event(user=User(user_agent="Firefox", ids={"ga_client_id": "1.2"})), ["a"]
+    ).touches
 
 
 def test_a_scoped_rule_applies_to_its_destination_only() -> None:

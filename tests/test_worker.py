@@ -21,7 +21,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.delivery import AGE_MARGIN_S, LEASE_MIN_S, Worker, backoff_s
+from gateway.delivery import Worker, backoff_s
+from gateway.delivery.retry import AGE_MARGIN_S
+from gateway.delivery.worker import LEASE_MIN_S
 from gateway.destinations.base import Answer, OutRequest, Result, Verdict
 from gateway.outbox import Status
 from gateway.settings import Batch, Retry
