@@ -1,37 +1,42 @@
-"""Hit throughput: the gateway beside a bare aiohttp handler, same load, same run.
+"""Hit throughput and latency: the gateway beside a bare aiohttp handler, same load, same run.
 
-    python bench/hits.py [--duration 10] [--preload 1000000]
+    python bench/hits.py [--duration 10] [--rounds 2] [--compare REV] [--preload 1000000]
+                         [--parts wrk,paced,post] [--rates 1000,3000] [--preview]
 
-Starts the gateway (dry_run destination, a temporary SQLite file) and a bare aiohttp app that
-answers GET /tr with the same GIF and does nothing else, pins each to core 0 and wrk to core 1,
-and drives them alternately with the same load (1 wrk thread, 50 connections), twice each;
-a second gateway with preview configured (`admin.token`) and no session open takes its turn
-in the same rounds, to show what preview costs a hit nobody traces.
-Then the same for POST /v1/events with 1-event and 100-event bodies. Prints requests/s, p50
-and p99, and gateway/bare. With --preload N, the hit figures are taken again with N rows in the
-store, to show the cost per hit does not grow with the outbox.
+Starts the gateway (dry_run destination, `synchronous: full`, a temporary SQLite file) and a
+bare aiohttp app that answers GET /tr with the same GIF and does nothing else, pins each to core
+0 and the load generator to core 1, and drives them in turn with the same load, A B A B:
+- `wrk`: wrk, 1 thread, 50 connections (a closed loop: requests/s, p50, p99);
+- `paced`: bench/paced.py at fixed rates (an open loop: p50, p99, p99.9 from each request's
+  scheduled send time, so a stall counts for every request that queued behind it);
+- `post`: POST /v1/events with 1-event and 100-event bodies (gateways only).
+Prints every round, then the medians with gateway/bare.
+
+--compare REV adds a second gateway built from git revision REV (its `gateway/` package
+exported to a temporary directory) in the same rounds, so a lever is measured beside the build
+without it: the machine is shared, and only figures from one run compare.
+--preview adds a gateway with preview configured (`admin.token`) and no session open.
+--preload N takes the wrk figures again with N rows in the store, to show the cost per hit does
+not grow with the outbox.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
+from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
-from common import (
-    REPO,
-    cpu_note,
-    free_port,
-    gateway_cmd,
-    preload,
-    start,
-    stop,
-    wait_http,
-)
+from common import REPO, cpu_note, free_port, preload, stop, wait_http
 
 QUERY = (
     "id=1234567890&ev=PageView&dl=https%3A%2F%2Fshop.example%2Fproducts%2Fwool-socks%3Fcolor%3Dblue"
@@ -87,14 +92,27 @@ SERVER_LUA = textwrap.dedent(
     """
 )
 
+BENCH = Path(__file__).resolve().parent
 
-def wrk(url: str, lua: Path, duration: int) -> tuple[float, float, float]:
-    cmd = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", "-s", str(lua), url]
+
+def _pinned(cmd: list[str], cpu: int) -> list[str]:
     if subprocess.run(["which", "taskset"], capture_output=True).returncode == 0:
-        cmd = ["taskset", "-c", "1", *cmd]
+        return ["taskset", "-c", str(cpu), *cmd]
+    return cmd
+
+
+def wrk(port: int, lua: Path, duration: int) -> dict[str, float]:
+    cmd = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", "-s", str(lua)]
+    cmd = _pinned([*cmd, f"http://127.0.0.1:{port}"], 1)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rps, _percentile(out, "50"), _percentile(out, "99")
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": _percentile(out, "50"),
+        "p99_ms": _percentile(out, "99"),
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def _percentile(out: str, pct: str) -> float:
@@ -105,13 +123,21 @@ def _percentile(out: str, pct: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+def paced(port: int, rate: int, duration: int) -> dict[str, float]:
+    cmd = [sys.executable, str(BENCH / "paced.py"), "--port", str(port), "--rate", str(rate)]
+    cmd += ["--duration", str(duration), "--path", f"/tr?{QUERY}"]
+    out = subprocess.run(_pinned(cmd, 1), capture_output=True, text=True, check=True).stdout
+    figures: dict[str, float] = json.loads(out)
+    return figures
+
+
 def gateway_config(tmp: Path, port: int, name: str = "bench", admin: bool = False) -> Path:
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(
         ("admin: {token: bench-admin-0123456789}\n" if admin else "")
         + f"""
 listen: {{host: 127.0.0.1, port: {port}}}
-storage: {{path: {tmp / f"{name}.sqlite3"}}}
+storage: {{path: {tmp / f"{name}.sqlite3"}, synchronous: full}}
 destinations:
   audit: {{type: dry_run}}
 sources:
@@ -122,19 +148,131 @@ sources:
     return cfg
 
 
-def row(
-    label: str, figures: tuple[float, float, float], base: tuple[float, float, float] | None
-) -> str:
-    rps, p50, p99 = figures
-    ratio = f"{rps / base[0]:.2f}x" if base else ""
-    return f"{label:<50} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f}  {ratio}"
+def export_revision(rev: str, into: Path) -> tuple[Path, str]:
+    """The `gateway/` package of git revision `rev`, written under `into`; and its short hash."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "gateway"], cwd=REPO, capture_output=True
+    )
+    if archive.returncode != 0:
+        raise SystemExit(archive.stderr.decode())
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into, commit
+
+
+@dataclass
+class Server:
+    """One server under test: how to start it, and its figures by measurement."""
+
+    label: str
+    cmd: list[str]
+    port: int
+    root: Path = REPO
+    log: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    figures: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        # The package is imported from `root` (the exported revision, or this tree), ahead of
+        # whatever an editable install points at.
+        env = {**os.environ, "PYTHONPATH": str(self.root)}
+        cmd = _pinned(self.cmd, 0)
+        out = self.log.open("ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=out, cwd=self.root, env=env
+        )
+        wait_http(f"http://127.0.0.1:{self.port}/healthz")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def add(self, what: str, figures: dict[str, float]) -> None:
+        self.figures.setdefault(what, []).append(figures)
+
+    def median(self, what: str, key: str) -> float:
+        return statistics.median(f[key] for f in self.figures[what])
+
+
+def gateway(label: str, config: Path, port: int, root: Path, log: Path) -> Server:
+    cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+    return Server(label, cmd, port, root, log)
+
+
+def imported_from(server: Server) -> str:
+    """Where `server`'s interpreter finds the gateway package (a check on --compare)."""
+    env = {**os.environ, "PYTHONPATH": str(server.root)}
+    code = "import gateway, pathlib; print(pathlib.Path(gateway.__file__).parent.parent)"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=server.root, env=env, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def print_wrk(servers: list[Server], bare: Server, what: str, rounds: int) -> None:
+    print(f"\n{what}: wrk, 1 thread, 50 connections")
+    print(f"{'':<52} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7}  vs bare")
+    for i in range(rounds):
+        for server in servers:
+            if what not in server.figures:
+                continue
+            f, b = server.figures[what][i], bare.figures["wrk"][i]
+            ratio = "" if server is bare else f"{f['rps'] / b['rps']:.3f}x"
+            errors = f"  ({f['errors']:.0f} non-2xx)" if f["errors"] else ""
+            label = f"{server.label} (round {i + 1})"
+            print(
+                f"{label:<52} {f['rps']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f}"
+                f"  {ratio}{errors}"
+            )
+    print("medians:")
+    for server in servers:
+        if what not in server.figures:
+            continue
+        rps = server.median(what, "rps")
+        ratio = "" if server is bare else f"{rps / bare.median('wrk', 'rps'):.3f}x"
+        print(
+            f"{server.label:<52} {rps:>9,.0f} {server.median(what, 'p50_ms'):>7.2f}"
+            f" {server.median(what, 'p99_ms'):>7.2f}  {ratio}"
+        )
+
+
+def print_paced(servers: list[Server], rate: int, rounds: int) -> None:
+    what = f"paced {rate}"
+    print(f"\nGET /tr paced at {rate:,} req/s (open loop, latency from the scheduled send)")
+    print(f"{'':<52} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'max':>7} {'lag p99':>7}")
+    for i in range(rounds):
+        for server in servers:
+            f = server.figures[what][i]
+            lost = f"  ({f['unanswered']:.0f} unanswered)" if f["unanswered"] else ""
+            errors = f"  ({f['errors']:.0f} non-2xx)" if f["errors"] else ""
+            label = f"{server.label} (round {i + 1})"
+            print(
+                f"{label:<52} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} {f['p999_ms']:>7.2f}"
+                f" {f['max_ms']:>7.1f} {f['client_lag_p99_ms']:>7.2f}{lost}{errors}"
+            )
+    print("medians:")
+    for server in servers:
+        print(
+            f"{server.label:<52} {server.median(what, 'p50_ms'):>7.2f}"
+            f" {server.median(what, 'p99_ms'):>7.2f} {server.median(what, 'p999_ms'):>7.2f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--compare", metavar="REV", help="a git revision to measure beside")
+    parser.add_argument("--parts", default="wrk,paced,post")
+    parser.add_argument("--rates", default="1000,3000")
+    parser.add_argument("--preview", action="store_true")
     parser.add_argument("--preload", type=int, default=0)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    rates = [int(r) for r in args.rates.split(",") if r]
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -142,85 +280,85 @@ def main() -> None:
         pixel_lua.write_text(PIXEL_LUA.replace("%s", QUERY))
         bare_file = tmp / "bare.py"
         bare_file.write_text(BARE_APP)
-        gw_port, bare_port, preview_port = free_port(), free_port(), free_port()
-        cfg = gateway_config(tmp, gw_port)
-        preview_cfg = gateway_config(tmp, preview_port, "preview", admin=True)
         log = tmp / "gateway.log"
 
-        print(f"machine: {cpu_note()}; gateway and bare app on core 0, wrk on core 1")
-        print(f"load: wrk 1 thread, 50 connections, {args.duration}s a run")
-        print(f"{'':<50} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  vs bare")
+        bare_port = free_port()
+        bare = Server("bare aiohttp", [sys.executable, str(bare_file), str(bare_port)], bare_port)
+        port = free_port()
+        this = gateway("gateway (this tree)", gateway_config(tmp, port), port, REPO, log)
+        gateways = [this]
+        if args.compare:
+            root, commit = export_revision(args.compare, tmp / "base")
+            port = free_port()
+            cfg = gateway_config(tmp, port, "base")
+            gateways.append(gateway(f"gateway @ {commit} ({args.compare})", cfg, port, root, log))
+        if args.preview:
+            port = free_port()
+            cfg = gateway_config(tmp, port, "preview", admin=True)
+            gateways.append(gateway("gateway, preview on, no session", cfg, port, REPO, log))
+        servers = [bare, *gateways]
 
-        bare = start([sys.executable, str(bare_file), str(bare_port)], cpu=0)
-        wait_http(f"http://127.0.0.1:{bare_port}/healthz")
-        gw = start(gateway_cmd(cfg), cpu=0, log=log)
-        wait_http(f"http://127.0.0.1:{gw_port}/healthz")
-        gw_preview = start(gateway_cmd(preview_cfg), cpu=0, log=log)
-        wait_http(f"http://127.0.0.1:{preview_port}/healthz")
+        print(f"machine: {cpu_note()}; servers on core 0, load generator on core 1")
+        print(f"{args.rounds} rounds of {args.duration}s, servers in turn within each round")
+        for server in gateways:
+            print(f"  {server.label}: package from {imported_from(server)}")
+
         try:
-            results: dict[str, list[tuple[float, float, float]]] = {
-                "bare": [],
-                "gw": [],
-                "preview": [],
-            }
-            # Unmeasured warm-up, so neither gateway's first round pays for a cold start.
-            for port in (gw_port, preview_port):
-                wrk(f"http://127.0.0.1:{port}", pixel_lua, 2)
-            for _ in range(2):
-                results["bare"].append(
-                    wrk(f"http://127.0.0.1:{bare_port}", pixel_lua, args.duration)
-                )
-                results["gw"].append(wrk(f"http://127.0.0.1:{gw_port}", pixel_lua, args.duration))
-                results["preview"].append(
-                    wrk(f"http://127.0.0.1:{preview_port}", pixel_lua, args.duration)
-                )
-            for i in range(2):
-                print(row(f"bare aiohttp GET /tr (run {i + 1})", results["bare"][i], None))
-                print(
-                    row(
-                        f"gateway GET /tr, empty store (run {i + 1})",
-                        results["gw"][i],
-                        results["bare"][i],
-                    )
-                )
-            for i in range(2):
-                print(
-                    row(
-                        f"gateway GET /tr, preview on, no session (run {i + 1})",
-                        results["preview"][i],
-                        results["bare"][i],
-                    )
-                    + f"  ({results['preview'][i][0] / results['gw'][i][0]:.3f}x the gateway)"
-                )
-            for n in (1, 100):
-                lua = tmp / f"server{n}.lua"
-                lua.write_text(SERVER_LUA % n)
-                figures = wrk(f"http://127.0.0.1:{gw_port}", lua, args.duration)
-                rps = figures[0]
-                print(
-                    row(f"gateway POST /v1/events, {n} event(s)", figures, None)
-                    + f"  ({rps * n:,.0f} events/s)"
-                )
+            for server in servers:
+                server.start()
+            # Unmeasured warm-up, so no gateway's first round pays for a cold start.
+            for server in gateways:
+                wrk(server.port, pixel_lua, 2)
+            for i in range(args.rounds):
+                # A B, then B A: a machine slowing down or speeding up through the run
+                # favours neither gateway.
+                turn = [bare, *(gateways if i % 2 == 0 else gateways[::-1])]
+                if "wrk" in parts:
+                    for server in turn:
+                        server.add("wrk", wrk(server.port, pixel_lua, args.duration))
+                if "paced" in parts:
+                    for rate in rates:
+                        for server in turn:
+                            server.add(f"paced {rate}", paced(server.port, rate, args.duration))
+            if "wrk" in parts:
+                print_wrk(servers, bare, "wrk", args.rounds)
+            for rate in rates if "paced" in parts else []:
+                print_paced(servers, rate, args.rounds)
+            if "post" in parts:
+                print("\nPOST /v1/events: wrk, 1 thread, 50 connections")
+                print(f"{'':<52} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7}  events/s")
+                for n in (1, 100):
+                    lua = tmp / f"server{n}.lua"
+                    lua.write_text(SERVER_LUA % n)
+                    for i in range(args.rounds):
+                        for server in gateways if i % 2 == 0 else gateways[::-1]:
+                            f = wrk(server.port, lua, args.duration)
+                            label = f"{server.label}, {n} event(s) (round {i + 1})"
+                            print(
+                                f"{label:<52} {f['rps']:>9,.0f} {f['p50_ms']:>7.2f}"
+                                f" {f['p99_ms']:>7.2f}  {f['rps'] * n:,.0f}"
+                            )
         finally:
-            stop(gw)
-            stop(gw_preview)
+            for server in gateways:
+                server.stop()
 
-        if args.preload:
-            db = tmp / "bench.sqlite3"
-            took = preload(db, args.preload, "audit", "sent", None)
-            print(f"preloaded {args.preload:,} rows in {took:.0f}s")
-            gw = start(gateway_cmd(cfg), cpu=0, log=log)
-            wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+        if args.preload and "wrk" in parts:
+            for server in gateways[:2]:
+                cfg_name = "bench" if server is this else "base"
+                took = preload(tmp / f"{cfg_name}.sqlite3", args.preload, "audit", "sent", None)
+                print(f"\npreloaded {args.preload:,} rows into {server.label} in {took:.0f}s")
             try:
-                for i in range(2):
-                    figures = wrk(f"http://127.0.0.1:{gw_port}", pixel_lua, args.duration)
-                    base = results["bare"][i]
-                    print(
-                        row(f"gateway GET /tr, {args.preload:,} rows (run {i + 1})", figures, base)
-                    )
+                for server in gateways[:2]:
+                    server.start()
+                for i in range(args.rounds):
+                    for server in gateways[:2] if i % 2 == 0 else gateways[1::-1]:
+                        f = wrk(server.port, pixel_lua, args.duration)
+                        server.add("preloaded", f)
+                print_wrk([bare, *gateways[:2]], bare, "preloaded", args.rounds)
             finally:
-                stop(gw)
-        stop(bare)
+                for server in gateways:
+                    server.stop()
+        bare.stop()
 
 
 if __name__ == "__main__":
