@@ -227,6 +227,14 @@ def print_wrk(servers: list[Server], bare: Server, what: str, rounds: int) -> No
                 f"{label:<52} {f['rps']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f}"
                 f"  {ratio}{errors}"
             )
+    if len(servers) > 2 and what in servers[2].figures:
+        a, b = servers[1], servers[2]
+        pairs = [x["rps"] / y["rps"] for x, y in zip(a.figures[what], b.figures[what], strict=True)]
+        print(
+            f"{a.label} / {b.label}, round by round: "
+            + ", ".join(f"{r:.3f}" for r in pairs)
+            + f"; median {statistics.median(pairs):.3f}x"
+        )
     print("medians:")
     for server in servers:
         if what not in server.figures:
