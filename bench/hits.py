@@ -101,17 +101,36 @@ def _pinned(cmd: list[str], cpu: int) -> list[str]:
     return cmd
 
 
-def wrk(port: int, lua: Path, duration: int) -> dict[str, float]:
+def cpu_ns(pid: int | None) -> int:
+    """CPU time a process has had so far, all its threads, in ns (Linux' schedstat)."""
+    if pid is None:
+        return 0
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):  # a thread that just ended
+            continue
+    return total
+
+
+def wrk(port: int, lua: Path, duration: int, pid: int | None = None) -> dict[str, float]:
+    """wrk's figures, and with `pid` the server's CPU per request: unlike requests/s, that
+    barely moves when other work takes the core, so small levers show through the noise."""
     cmd = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", "-s", str(lua)]
     cmd = _pinned([*cmd, f"http://127.0.0.1:{port}"], 1)
+    before = cpu_ns(pid)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    used = cpu_ns(pid) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {
         "rps": rps,
         "p50_ms": _percentile(out, "50"),
         "p99_ms": _percentile(out, "99"),
         "errors": float(errors.group(1)) if errors else 0.0,
+        "cpu_us": used / 1000 / count if pid is not None and count else float("nan"),
     }
 
 
@@ -186,6 +205,11 @@ class Server:
         )
         wait_http(f"http://127.0.0.1:{self.port}/healthz")
 
+    @property
+    def pid(self) -> int | None:
+        # taskset execs the server: its pid is the server's.
+        return self.proc.pid if self.proc is not None else None
+
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc)
@@ -214,7 +238,7 @@ def imported_from(server: Server) -> str:
 
 def print_wrk(servers: list[Server], bare: Server, what: str, rounds: int) -> None:
     print(f"\n{what}: wrk, 1 thread, 50 connections")
-    print(f"{'':<52} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7}  vs bare")
+    print(f"{'':<52} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}  vs bare")
     for i in range(rounds):
         for server in servers:
             if what not in server.figures:
@@ -225,16 +249,17 @@ def print_wrk(servers: list[Server], bare: Server, what: str, rounds: int) -> No
             label = f"{server.label} (round {i + 1})"
             print(
                 f"{label:<52} {f['rps']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f}"
-                f"  {ratio}{errors}"
+                f" {f['cpu_us']:>10.0f}  {ratio}{errors}"
             )
     if len(servers) > 2 and what in servers[2].figures:
         a, b = servers[1], servers[2]
-        pairs = [x["rps"] / y["rps"] for x, y in zip(a.figures[what], b.figures[what], strict=True)]
-        print(
-            f"{a.label} / {b.label}, round by round: "
-            + ", ".join(f"{r:.3f}" for r in pairs)
-            + f"; median {statistics.median(pairs):.3f}x"
-        )
+        for key, name in (("rps", "req/s"), ("cpu_us", "CPU/req")):
+            pairs = [x[key] / y[key] for x, y in zip(a.figures[what], b.figures[what], strict=True)]
+            print(
+                f"{name}, {a.label} / {b.label}, round by round: "
+                + ", ".join(f"{r:.3f}" for r in pairs)
+                + f"; median {statistics.median(pairs):.3f}x"
+            )
     print("medians:")
     for server in servers:
         if what not in server.figures:
@@ -243,7 +268,8 @@ def print_wrk(servers: list[Server], bare: Server, what: str, rounds: int) -> No
         ratio = "" if server is bare else f"{rps / bare.median('wrk', 'rps'):.3f}x"
         print(
             f"{server.label:<52} {rps:>9,.0f} {server.median(what, 'p50_ms'):>7.2f}"
-            f" {server.median(what, 'p99_ms'):>7.2f}  {ratio}"
+            f" {server.median(what, 'p99_ms'):>7.2f} {server.median(what, 'cpu_us'):>10.0f}"
+            f"  {ratio}"
         )
 
 
@@ -323,7 +349,7 @@ def main() -> None:
                 turn = [bare, *(gateways if i % 2 == 0 else gateways[::-1])]
                 if "wrk" in parts:
                     for server in turn:
-                        server.add("wrk", wrk(server.port, pixel_lua, args.duration))
+                        server.add("wrk", wrk(server.port, pixel_lua, args.duration, server.pid))
                 if "paced" in parts:
                     for rate in rates:
                         for server in turn:
@@ -334,17 +360,18 @@ def main() -> None:
                 print_paced(servers, rate, args.rounds)
             if "post" in parts:
                 print("\nPOST /v1/events: wrk, 1 thread, 50 connections")
-                print(f"{'':<52} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7}  events/s")
+                head = f"{'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
+                print(f"{'':<52} {head}  events/s")
                 for n in (1, 100):
                     lua = tmp / f"server{n}.lua"
                     lua.write_text(SERVER_LUA % n)
                     for i in range(args.rounds):
                         for server in gateways if i % 2 == 0 else gateways[::-1]:
-                            f = wrk(server.port, lua, args.duration)
+                            f = wrk(server.port, lua, args.duration, server.pid)
                             label = f"{server.label}, {n} event(s) (round {i + 1})"
                             print(
                                 f"{label:<52} {f['rps']:>9,.0f} {f['p50_ms']:>7.2f}"
-                                f" {f['p99_ms']:>7.2f}  {f['rps'] * n:,.0f}"
+                                f" {f['p99_ms']:>7.2f} {f['cpu_us']:>10.0f}  {f['rps'] * n:,.0f}"
                             )
         finally:
             for server in gateways:
@@ -360,7 +387,7 @@ def main() -> None:
                     server.start()
                 for i in range(args.rounds):
                     for server in gateways[:2] if i % 2 == 0 else gateways[1::-1]:
-                        f = wrk(server.port, pixel_lua, args.duration)
+                        f = wrk(server.port, pixel_lua, args.duration, server.pid)
                         server.add("preloaded", f)
                 print_wrk([bare, *gateways[:2]], bare, "preloaded", args.rounds)
             finally:
