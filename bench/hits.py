@@ -142,11 +142,18 @@ def _percentile(out: str, pct: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def paced(port: int, rate: int, duration: int) -> dict[str, float]:
+def paced(port: int, rate: int, duration: int, pid: int | None = None) -> dict[str, float]:
+    """bench/paced.py's figures, and the server's CPU per request at that rate: at a fixed rate
+    both builds commit groups of the same size, so this is the steadiest figure of a lever."""
     cmd = [sys.executable, str(BENCH / "paced.py"), "--port", str(port), "--rate", str(rate)]
     cmd += ["--duration", str(duration), "--path", f"/tr?{QUERY}"]
+    before = cpu_ns(pid)
     out = subprocess.run(_pinned(cmd, 1), capture_output=True, text=True, check=True).stdout
+    used = cpu_ns(pid) - before
     figures: dict[str, float] = json.loads(out)
+    # The warm-up second's requests are served too, and count.
+    served = figures["answered"] + rate  # paced.py's warm-up is 1 s
+    figures["cpu_us"] = used / 1000 / served if pid is not None else float("nan")
     return figures
 
 
@@ -276,7 +283,8 @@ def print_wrk(servers: list[Server], bare: Server, what: str, rounds: int) -> No
 def print_paced(servers: list[Server], rate: int, rounds: int) -> None:
     what = f"paced {rate}"
     print(f"\nGET /tr paced at {rate:,} req/s (open loop, latency from the scheduled send)")
-    print(f"{'':<52} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'max':>7} {'lag p99':>7}")
+    head = f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'max':>7} {'lag p99':>7} {'CPU µs/req':>10}"
+    print(f"{'':<52} {head}")
     for i in range(rounds):
         for server in servers:
             f = server.figures[what][i]
@@ -285,13 +293,25 @@ def print_paced(servers: list[Server], rate: int, rounds: int) -> None:
             label = f"{server.label} (round {i + 1})"
             print(
                 f"{label:<52} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} {f['p999_ms']:>7.2f}"
-                f" {f['max_ms']:>7.1f} {f['client_lag_p99_ms']:>7.2f}{lost}{errors}"
+                f" {f['max_ms']:>7.1f} {f['client_lag_p99_ms']:>7.2f} {f['cpu_us']:>10.0f}"
+                f"{lost}{errors}"
             )
     print("medians:")
     for server in servers:
         print(
             f"{server.label:<52} {server.median(what, 'p50_ms'):>7.2f}"
             f" {server.median(what, 'p99_ms'):>7.2f} {server.median(what, 'p999_ms'):>7.2f}"
+            f" {'':>7} {'':>7} {server.median(what, 'cpu_us'):>10.0f}"
+        )
+    if len(servers) > 2:
+        a, b = servers[1], servers[2]
+        pairs = [
+            x["cpu_us"] / y["cpu_us"] for x, y in zip(a.figures[what], b.figures[what], strict=True)
+        ]
+        print(
+            f"CPU/req, {a.label} / {b.label}, round by round: "
+            + ", ".join(f"{r:.3f}" for r in pairs)
+            + f"; median {statistics.median(pairs):.3f}x"
         )
 
 
@@ -353,7 +373,9 @@ def main() -> None:
                 if "paced" in parts:
                     for rate in rates:
                         for server in turn:
-                            server.add(f"paced {rate}", paced(server.port, rate, args.duration))
+                            server.add(
+                                f"paced {rate}", paced(server.port, rate, args.duration, server.pid)
+                            )
             if "wrk" in parts:
                 print_wrk(servers, bare, "wrk", args.rounds)
             for rate in rates if "paced" in parts else []:
