@@ -1,6 +1,6 @@
 """Where a hit's CPU goes: py-spy on the gateway's event loop under the wrk load of hits.py.
 
-    python bench/profile.py [--duration 15] [--rate 250] [--top 30] [--compare REV]
+    python bench/hotspots.py [--duration 15] [--rate 250] [--top 30] [--compare REV]
 
 Starts the gateway like bench/hits.py (dry_run destination, `synchronous: full`, core 0),
 drives it with wrk (1 thread, 50 connections, core 1), samples it with py-spy (core 1,
