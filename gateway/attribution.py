@@ -57,9 +57,16 @@ _KEY_BYTES: Final = 16
 """An HMAC truncated to 128 bits: collisions stay out of reach, rows stay small."""
 
 
+_TOUCH_PARAMS: Final = (*(param for param, _ in CLICK_IDS), "utm_source")
+
+
 def touch_of(url: str | None) -> tuple[str, str] | None:
     """(channel, campaign) when the page URL is a touch: a click ID, else `utm_source`."""
     if not url or "?" not in url:
+        return None
+    if "%" not in url and not any(param in url for param in _TOUCH_PARAMS):
+        # Most page URLs: no parameter of a touch, and with nothing percent-encoded none can
+        # hide in the query either; splitting it costs more than the rest of the touch.
         return None
     try:
         params = dict(parse_qsl(urlsplit(url).query, keep_blank_values=False))

@@ -309,6 +309,16 @@ def test_touch_of_reads_click_ids_first_then_utm_source() -> None:
     assert touch_of("https://s.example/products") is None
 
 
+def test_touch_of_finds_a_percent_encoded_click_id_and_skips_plain_page_urls() -> None:
+    from gateway.attribution import touch_of
+
+    # The name decodes to `fbclid`: a shortcut on the URL's text must not miss it.
+    assert touch_of("https://s.example/p?color=blue&%66bclid=1") == ("meta", "(none)")
+    assert touch_of("https://s.example/p?utm%5Fsource=News") == ("news", "(none)")
+    assert touch_of("https://s.example/p?color=blue&size=m+l") is None
+    assert touch_of("https://s.example/p?fbclid=") is None
+
+
 async def test_a_plain_page_view_leaves_nothing(
     start_gateway: Start, make_config: MakeConfig
 ) -> None:
