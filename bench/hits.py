@@ -1,7 +1,8 @@
 """Hit throughput and latency: the gateway beside a bare aiohttp handler, same load, same run.
 
-    python bench/hits.py [--duration 10] [--rounds 2] [--compare REV] [--preload 1000000]
-                         [--parts wrk,paced,post] [--rates 1000,3000] [--preview]
+    python bench/hits.py [--duration 10] [--rounds 2] [--compare REV] [--build REV]
+                         [--parts wrk,paced,post,together] [--rates 1000,3000] [--preview]
+                         [--preload 1000000]
 
 Starts the gateway (dry_run destination, `synchronous: full`, a temporary SQLite file) and a
 bare aiohttp app that answers GET /tr with the same GIF and does nothing else, pins each to core
@@ -9,9 +10,12 @@ bare aiohttp app that answers GET /tr with the same GIF and does nothing else, p
 - `wrk`: wrk, 1 thread, 50 connections (a closed loop: requests/s, p50, p99);
 - `paced`: bench/paced.py at fixed rates (an open loop: p50, p99, p99.9 from each request's
   scheduled send time, so a stall counts for every request that queued behind it);
-- `post`: POST /v1/events with 1-event and 100-event bodies (gateways only).
+- `post`: POST /v1/events with 1-event and 100-event bodies (gateways only);
+- `together` (with --compare): both gateways at once on core 0, one wrk each, so whatever
+  else takes the core slows both alike and their requests/s ratio is their cost ratio.
 Prints every round, then the medians with gateway/bare.
 
+--build REV measures revision REV's package in place of this tree's.
 --compare REV adds a second gateway built from git revision REV (its `gateway/` package
 exported to a temporary directory) in the same rounds, so a lever is measured beside the build
 without it: the machine is shared, and only figures from one run compare.
@@ -117,21 +121,35 @@ def cpu_ns(pid: int | None) -> int:
 def wrk(port: int, lua: Path, duration: int, pid: int | None = None) -> dict[str, float]:
     """wrk's figures, and with `pid` the server's CPU per request: unlike requests/s, that
     barely moves when other work takes the core, so small levers show through the noise."""
-    cmd = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", "-s", str(lua)]
-    cmd = _pinned([*cmd, f"http://127.0.0.1:{port}"], 1)
-    before = cpu_ns(pid)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    used = cpu_ns(pid) - before
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {
-        "rps": rps,
-        "p50_ms": _percentile(out, "50"),
-        "p99_ms": _percentile(out, "99"),
-        "errors": float(errors.group(1)) if errors else 0.0,
-        "cpu_us": used / 1000 / count if pid is not None and count else float("nan"),
-    }
+    return wrk_together([(port, pid)], lua, duration)[0]
+
+
+def wrk_together(
+    servers: list[tuple[int, int | None]], lua: Path, duration: int
+) -> list[dict[str, float]]:
+    """wrk against each (port, pid) at the same time, one wrk each: servers sharing a core then
+    share whatever else takes it too, and their requests/s compare as their costs do."""
+    base = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", "-s", str(lua)]
+    cmds = [_pinned([*base, f"http://127.0.0.1:{port}"], 1) for port, _ in servers]
+    before = [cpu_ns(pid) for _, pid in servers]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for cmd in cmds]
+    outs = [proc.communicate()[0] for proc in procs]
+    used = [cpu_ns(pid) - b for (_, pid), b in zip(servers, before, strict=True)]
+    figures = []
+    for out, cpu, (_, pid) in zip(outs, used, servers, strict=True):
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        figures.append(
+            {
+                "rps": rps,
+                "p50_ms": _percentile(out, "50"),
+                "p99_ms": _percentile(out, "99"),
+                "errors": float(errors.group(1)) if errors else 0.0,
+                "cpu_us": cpu / 1000 / count if pid is not None and count else float("nan"),
+            }
+        )
+    return figures
 
 
 def _percentile(out: str, pct: str) -> float:
@@ -280,6 +298,30 @@ def print_wrk(servers: list[Server], bare: Server, what: str, rounds: int) -> No
         )
 
 
+def print_together(pair: list[Server], rounds: int) -> None:
+    a, b = pair
+    print("\nboth gateways at once on core 0, one wrk each (1 thread, 50 connections)")
+    print(f"{'':<52} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}")
+    for i in range(rounds):
+        for server in pair:
+            f = server.figures["together"][i]
+            label = f"{server.label} (round {i + 1})"
+            print(
+                f"{label:<52} {f['rps']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f}"
+                f" {f['cpu_us']:>10.0f}"
+            )
+    for key, name in (("rps", "req/s"), ("cpu_us", "CPU/req")):
+        ratios = [
+            x[key] / y[key]
+            for x, y in zip(a.figures["together"], b.figures["together"], strict=True)
+        ]
+        print(
+            f"{name}, {a.label} / {b.label}, round by round: "
+            + ", ".join(f"{r:.3f}" for r in ratios)
+            + f"; median {statistics.median(ratios):.3f}x"
+        )
+
+
 def print_paced(servers: list[Server], rate: int, rounds: int) -> None:
     what = f"paced {rate}"
     print(f"\nGET /tr paced at {rate:,} req/s (open loop, latency from the scheduled send)")
@@ -320,6 +362,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compare", metavar="REV", help="a git revision to measure beside")
+    parser.add_argument("--build", metavar="REV", help="measure REV instead of this tree")
     parser.add_argument("--parts", default="wrk,paced,post")
     parser.add_argument("--rates", default="1000,3000")
     parser.add_argument("--preview", action="store_true")
@@ -339,7 +382,11 @@ def main() -> None:
         bare_port = free_port()
         bare = Server("bare aiohttp", [sys.executable, str(bare_file), str(bare_port)], bare_port)
         port = free_port()
-        this = gateway("gateway (this tree)", gateway_config(tmp, port), port, REPO, log)
+        if args.build:
+            root, commit = export_revision(args.build, tmp / "build")
+            this = gateway(f"gateway @ {commit}", gateway_config(tmp, port), port, root, log)
+        else:
+            this = gateway("gateway (this tree)", gateway_config(tmp, port), port, REPO, log)
         gateways = [this]
         if args.compare:
             root, commit = export_revision(args.compare, tmp / "base")
@@ -370,6 +417,11 @@ def main() -> None:
                 if "wrk" in parts:
                     for server in turn:
                         server.add("wrk", wrk(server.port, pixel_lua, args.duration, server.pid))
+                if "together" in parts and len(gateways) > 1:
+                    pair = gateways[:2]
+                    both = wrk_together([(g.port, g.pid) for g in pair], pixel_lua, args.duration)
+                    for server, figures in zip(pair, both, strict=True):
+                        server.add("together", figures)
                 if "paced" in parts:
                     for rate in rates:
                         for server in turn:
@@ -378,6 +430,8 @@ def main() -> None:
                             )
             if "wrk" in parts:
                 print_wrk(servers, bare, "wrk", args.rounds)
+            if "together" in parts and len(gateways) > 1:
+                print_together(gateways[:2], args.rounds)
             for rate in rates if "paced" in parts else []:
                 print_paced(servers, rate, args.rounds)
             if "post" in parts:
