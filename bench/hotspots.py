@@ -1,12 +1,14 @@
 """Where a hit's CPU goes: py-spy on the gateway's event loop under the wrk load of hits.py.
 
     python bench/hotspots.py [--duration 15] [--rate 250] [--top 30] [--compare REV]
+                             [--paced 3000]
 
 Starts the gateway like bench/hits.py (dry_run destination, `synchronous: full`, core 0),
-drives it with wrk (1 thread, 50 connections, core 1), samples it with py-spy (core 1,
-`pip install py-spy`), and prints the functions with the most self time on the event loop's
-thread (idle samples left out), then the gateway's own functions by inclusive time. With
---compare REV the same for the `gateway/` package of git revision REV, right after.
+drives it with wrk (1 thread, 50 connections, core 1; or bench/paced.py at --paced RATE),
+samples it with py-spy (core 1, `pip install py-spy`), and prints the functions with the most
+self time on the event loop's thread (idle samples left out), then the gateway's own
+functions by inclusive time. With --compare REV the same for the `gateway/` package of git
+revision REV, right after.
 The raw samples (py-spy's collapsed format) are kept in --out for a flame graph.
 """
 
@@ -73,8 +75,14 @@ def profile(server_root: Path, label: str, tmp: Path, args: argparse.Namespace) 
     try:
         assert server.proc is not None
         wrk(port, lua, 2)  # warm-up
-        load_cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.duration + 3}s"]
-        load_cmd += ["-s", str(lua), f"http://127.0.0.1:{port}"]
+        if args.paced:
+            paced = str(Path(__file__).parent / "paced.py")
+            load_cmd = ["taskset", "-c", "1", sys.executable, paced]
+            load_cmd += ["--port", str(port), "--rate", str(args.paced)]
+            load_cmd += ["--duration", str(args.duration + 2), "--path", f"/tr?{QUERY}"]
+        else:
+            load_cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.duration + 3}s"]
+            load_cmd += ["-s", str(lua), f"http://127.0.0.1:{port}"]
         load = subprocess.Popen(load_cmd, stdout=subprocess.DEVNULL)
         spy = ["taskset", "-c", "1", str(Path(sys.executable).parent / "py-spy"), "record"]
         spy += ["--rate", str(args.rate), "--duration", str(args.duration), "--format", "raw"]
@@ -94,6 +102,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--compare", metavar="REV")
+    parser.add_argument("--paced", type=int, metavar="RATE", help="paced load instead of wrk")
     parser.add_argument("--out", default=tempfile.gettempdir())
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_dir:
