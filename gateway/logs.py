@@ -95,6 +95,31 @@ _PENDING: Final = _Pending()
 atexit.register(_PENDING.flush)
 
 
+class _Clock:
+    """The ISO 8601 text of the current second, made once a second."""
+
+    second = -1
+    text = ""
+
+
+def _timestamp(
+    logger: structlog.typing.WrappedLogger, method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """`timestamp`, as structlog's `TimeStamper(fmt="iso", utc=True)` writes it."""
+    event_dict["timestamp"] = iso_utc(time.time_ns())
+    return event_dict
+
+
+def iso_utc(ns: int) -> str:
+    """`datetime.fromtimestamp(ns / 1e9, UTC).isoformat()` with `Z` (microseconds, none when
+    zero), the date and time formatted once a second rather than once a line: isoformat was a
+    tenth of the CPU of a hit's log line."""
+    second, fraction = divmod(ns // 1000, 1_000_000)
+    if second != _Clock.second:
+        _Clock.second, _Clock.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_Clock.text}.{fraction:06d}Z" if fraction else f"{_Clock.text}Z"
+
+
 def configure(fmt: LogFormat = "json", level: int = logging.INFO) -> None:
     """Set up structlog for the process, and route the standard library's other records
     (asyncio's, aiohttp's) through it. Call once, before serving."""
@@ -105,7 +130,7 @@ def configure(fmt: LogFormat = "json", level: int = logging.INFO) -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _timestamp,
     ]
     if fmt == "console":
         structlog.configure(
