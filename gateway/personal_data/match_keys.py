@@ -153,6 +153,8 @@ def rule(rules: Rules, field: str, country: str | None = None) -> Normalizer | N
 def hashed(rules: Rules, field: str, value: str | None, country: str | None = None) -> str | None:
     """The value as the platform of `rules` wants it hashed (hex), a made hash passed through;
     None when empty, unusable or not a field of the platform."""
+    if value is None:
+        return None  # most fields of most events: no normalizer to build for them
     normalizer = rule(rules, field, country)
     return hash_normalized(value, normalizer) if normalizer else None
 
