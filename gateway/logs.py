@@ -67,7 +67,8 @@ class _Lines(structlog.BytesLogger):
             loop.call_soon(pending.flush)
 
     def write_now(self, data: bytes) -> None:
-        with self._lock, contextlib.suppress(OSError):
+        # ValueError: stderr already closed, when the last lines go out at exit.
+        with self._lock, contextlib.suppress(OSError, ValueError):
             self._write(data)
             self._flush()
 
