@@ -65,8 +65,7 @@ def touch_of(url: str | None) -> tuple[str, str] | None:
     if not url or "?" not in url:
         return None
     if "%" not in url and not any(param in url for param in _TOUCH_PARAMS):
-        # Most page URLs: no parameter of a touch, and with nothing percent-encoded none can
-        # hide in the query either; splitting it costs more than the rest of the touch.
+        # Most page URLs: nothing percent-encoded, no touch's name, so no touch to split out.
         return None
     try:
         params = dict(parse_qsl(urlsplit(url).query, keep_blank_values=False))
