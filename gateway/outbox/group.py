@@ -25,41 +25,19 @@ MAX_GROUP: Final = 2000
 Q = TypeVar("Q")
 
 
-GROUP_WINDOW_S: Final = 0.001
-"""A group that starts small waits this long for more before its transaction begins. A
-commit costs the same CPU for one hit as for fifty (BEGIN, COMMIT, the dry_run or delivery
-worker's claim and write-back that each commit wakes): at a few thousand hits a second groups
-of one or two spent most of the core on that."""
-SMALL_GROUP: Final = 16
-"""A group of at least this many jobs starts at once: the window would only add latency."""
-
-
-async def next_group(
-    queue: asyncio.Queue[Q | None], limit: int, window_s: float = GROUP_WINDOW_S
-) -> tuple[list[Q], bool]:
+async def next_group(queue: asyncio.Queue[Q | None], limit: int) -> tuple[list[Q], bool]:
     """The next group commit's jobs: wait for one, then take everything that queued up while
-    the last transaction ran, and while `window_s` passes if that is fewer than SMALL_GROUP
-    (at most `limit`). The bool says a None asked the writer to stop."""
+    the last transaction ran (at most `limit`). The bool says a None asked the writer to stop."""
     first = await queue.get()
     stop = first is None
     jobs: list[Q] = [] if first is None else [first]
-    stop = _take_queued(queue, jobs, limit) or stop
-    if window_s > 0 and not stop and len(jobs) < SMALL_GROUP:
-        await asyncio.sleep(window_s)
-        stop = _take_queued(queue, jobs, limit)
-    return jobs, stop
-
-
-def _take_queued(queue: asyncio.Queue[Q | None], jobs: list[Q], limit: int) -> bool:
-    """Move what waits in `queue` onto `jobs` (up to `limit`); True when a None was among it."""
-    stop = False
     while not queue.empty() and len(jobs) < limit:
         job = queue.get_nowait()
         if job is None:
             stop = True
         else:
             jobs.append(job)
-    return stop
+    return jobs, stop
 
 
 @dataclass(slots=True)
