@@ -26,6 +26,7 @@ from gateway.destinations.base import (
     classify_by_status,
     classify_refusal,
     line_items,
+    not_the_answer,
     shown_url,
 )
 from gateway.event import JSON, Event, User
@@ -262,6 +263,8 @@ def classify_pinterest(answer: Answer, batch_size: int) -> Result:
         if received == processed:
             return Result(Verdict.SENT, f"num_events_processed={processed}")
         status = 422  # some failed: as Pinterest's own "not all events were processed"
+    elif 200 <= status < 300:
+        return not_the_answer(answer, "Pinterest")
     return classify_refusal(answer, status, _text(body, status), batch_size, _BAD_EVENT)
 
 

@@ -29,6 +29,7 @@ from gateway.destinations.base import (
     classify_by_status,
     classify_refusal,
     line_items,
+    not_the_answer,
     shown_url,
 )
 from gateway.event import JSON, Event, User, json_number
@@ -196,12 +197,14 @@ def classify_reddit(answer: Answer, batch_size: int) -> Result:
     """Reddit's answer by HTTP status, with its `error.message` as the text."""
     status = answer.status
     by_status = classify_by_status(answer)
-    if status is None or 200 <= status < 300:
+    if status is None:
         return by_status
     try:
         body = orjson.loads(answer.body) if answer.body else None
     except orjson.JSONDecodeError:
         body = None
+    if 200 <= status < 300:
+        return by_status if isinstance(body, dict) else not_the_answer(answer, "Reddit")
     return classify_refusal(answer, status, _text(body, status), batch_size, _BAD_EVENT)
 
 

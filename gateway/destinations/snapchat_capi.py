@@ -26,6 +26,7 @@ from gateway.destinations.base import (
     classify_by_status,
     classify_refusal,
     line_items,
+    not_the_answer,
     shown_url,
 )
 from gateway.event import JSON, Event, User
@@ -220,8 +221,10 @@ def classify_snapchat(answer: Answer, batch_size: int) -> Result:
         body = None
     by_status = classify_by_status(answer)
     status = answer.status
-    if status is None or not isinstance(body, dict):
+    if status is None:
         return by_status
+    if not isinstance(body, dict):
+        return not_the_answer(answer, "Snap") if 200 <= status < 300 else by_status
     text = " ".join(str(body[k]) for k in ("status", "reason") if body.get(k)) or f"HTTP {status}"
     if 200 <= status < 300:
         return Result(Verdict.SENT, text)

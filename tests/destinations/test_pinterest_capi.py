@@ -418,3 +418,11 @@ async def test_validate_uses_the_test_mode_and_records_nothing(
     assert [e["event_name"] for e in request.json()["data"]] == ["page_visit", "checkout"]
     assert "pinterest: 2 sample events to its test mode (?test=true): HTTP 200" in out.getvalue()
     assert "PIN-TOKEN" not in out.getvalue()
+
+
+@pytest.mark.parametrize("raw", [b"<html>login</html>", b"", b'{"num_events_received": 3'])
+def test_a_2xx_without_pinterests_answer_is_retried_not_sent(raw: bytes) -> None:
+    # A captive proxy's page or a cut-off body: nothing says the events arrived.
+    result = classify_pinterest(Answer(200, raw, {}, None), 3)
+    assert result.verdict is Verdict.RETRY
+    assert "without Pinterest's answer" in result.message

@@ -395,3 +395,11 @@ async def test_validate_sends_samples_with_the_test_id_and_skips_without_one(
     assert await run_validate(_config(make_config, fake_platform.url), out) == 1
     assert len(fake_platform.requests) == 1
     assert "skipped: no test_event_code configured" in out.getvalue()
+
+
+@pytest.mark.parametrize("raw", [b"<html>login</html>", b"", b'{"message": "Success'])
+def test_a_2xx_without_reddits_answer_is_retried_not_sent(raw: bytes) -> None:
+    # A captive proxy's page or a cut-off body: nothing says the events arrived.
+    result = classify_reddit(Answer(200, raw, {}, None), 3)
+    assert result.verdict is Verdict.RETRY
+    assert "without Reddit's answer" in result.message

@@ -307,3 +307,11 @@ async def test_validate_uses_the_validate_endpoint(
     assert [e["event_name"] for e in request.json()["data"]] == ["VIEW_CONTENT", "PURCHASE"]
     assert "2 sample events to its test mode (/events/validate): HTTP 200" in out.getvalue()
     assert TOKEN not in out.getvalue()
+
+
+@pytest.mark.parametrize("raw", [b"<html>login</html>", b"", b'{"status": "VAL'])
+def test_a_2xx_without_snaps_answer_is_retried_not_sent(raw: bytes) -> None:
+    # A captive proxy's page or a cut-off body: nothing says the events arrived.
+    result = classify_snapchat(Answer(200, raw, {}, None), 3)
+    assert result.verdict is Verdict.RETRY
+    assert "without Snap's answer" in result.message
