@@ -7,7 +7,6 @@ no payload.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
@@ -17,7 +16,7 @@ import structlog
 from gateway import attribution
 from gateway.config import ConsentSettings
 from gateway.destinations.base import Destination, Rejected
-from gateway.event import PURPOSES, Consent, Event
+from gateway.event import PURPOSES, Consent, Event, evolve
 from gateway.metrics import Metrics
 from gateway.outbox import Added, NewDelivery, NewEvent, Status, Storage
 from gateway.personal_data.scrub import scrub_event
@@ -111,7 +110,7 @@ class Pipeline:
             if len(self._resolved) >= 4096:
                 self._resolved.clear()
             memo = self._resolved[key] = (resolved, _consent_record(resolved))
-        return dataclasses.replace(event, consent=memo[0]), memo[1]
+        return evolve(event, consent=memo[0]), memo[1]
 
     def rows(self, event: Event, send_to: Sequence[str]) -> NewEvent:
         """The event row and one delivery row per destination that wants it."""
@@ -190,7 +189,7 @@ class Pipeline:
             )
             if dest.settings.on_denied == "drop" or not dest.can_limit:
                 return _dropped(dest, event, Status.DROPPED_CONSENT, f"consent: {why}")
-            event = dataclasses.replace(consent_rules.limited(event), limited=True)
+            event = evolve(consent_rules.limited(event), limited=True)
             note = f"limited by consent: {why}"
         prepared = dest.prepare(event)
         if isinstance(prepared, Rejected):

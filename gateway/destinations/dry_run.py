@@ -8,7 +8,7 @@ are recorded as the canonical event with its personal data hashed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from decimal import Decimal
 from typing import ClassVar, Final, Literal
 
@@ -21,7 +21,7 @@ from gateway.destinations.base import (
     Result,
     Verdict,
 )
-from gateway.event import JSON, Event, User
+from gateway.event import JSON, Event, User, evolve
 from gateway.settings import DestinationSettings
 
 CANONICAL_REQUIRES: Final = ("ad_storage", "ad_user_data")
@@ -118,7 +118,7 @@ class DryRun(Destination):
     def prepare(self, event: Event) -> JSON | Rejected:
         # A record is final the moment it is written, and the contract keeps IP and user agent
         # only until every delivery is final: the record never holds them.
-        event = replace(event, user=replace(event.user, client_ip=None, user_agent=None))
+        event = evolve(event, user=evolve(event.user, client_ip=None, user_agent=None))
         wanted = self._format(event)
         builder = self.previews.get(wanted) if wanted else None
         built = builder(event) if builder else None

@@ -3,7 +3,6 @@ planning call per request that also puts their values on the request's events.""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -11,7 +10,7 @@ from typing import Final
 from gateway import cookies
 from gateway import destinations as destination_types
 from gateway.config import Config, Cookies
-from gateway.event import ConsentState, Event
+from gateway.event import ConsentState, Event, evolve
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Hit
 
@@ -53,7 +52,4 @@ def first_party_ids(
     fields = plan.user_fields()
     if not fields:
         return events, plan
-    return [
-        dataclasses.replace(e, user=dataclasses.replace(e.user, ids={**e.user.ids, **fields}))
-        for e in events
-    ], plan
+    return [evolve(e, user=evolve(e.user, ids={**e.user.ids, **fields})) for e in events], plan

@@ -6,11 +6,10 @@ browser source alike; the sources parse only what their tag sends.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from gateway.config import ConsentSettings
-from gateway.event import Event
+from gateway.event import Event, evolve
 from gateway.sources.base import Hit
 
 
@@ -29,7 +28,4 @@ def with_request_signals(
         after = {"gpc": "1"}
     if not before and not after:
         return events
-    return [
-        dataclasses.replace(e, consent_signals={**before, **e.consent_signals, **after})
-        for e in events
-    ]
+    return [evolve(e, consent_signals={**before, **e.consent_signals, **after}) for e in events]
