@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
 
 from aiohttp import web
 
@@ -19,6 +23,24 @@ async def read_body(request: web.Request) -> bytes:
         return await request.read()
 
 
+_PAIR: Final = r"[A-Za-z0-9_.\-]+=[A-Za-z0-9_.\-$%+/:=]*"
+PLAIN_COOKIES: Final = re.compile(rf"{_PAIR}(?:; ?{_PAIR})*")
+"""A Cookie header of plain `name=value` pairs: what tags and shops set (`_ga`, `_fbp`, a
+session ID, base64 or percent-encoded values)."""
+
+
+def cookies_of(request: web.Request) -> Mapping[str, str]:
+    """The request's cookies, as aiohttp reads them. aiohttp's RFC 6265 reader (quoted values,
+    dates, odd names) builds a `Morsel` a cookie, about 10 µs a hit; a plain header it reads
+    as a split on `;` and the first `=` would (tests/ingest/test_request.py holds the two
+    together), so that is what a plain header gets, and any other header goes to aiohttp."""
+    header = request.headers.get("Cookie", "")
+    if not header or not PLAIN_COOKIES.fullmatch(header):
+        return request.cookies
+    pairs = (pair.lstrip().partition("=") for pair in header.split(";"))
+    return MappingProxyType({name: value for name, _, value in pairs})
+
+
 def hit_of(request: web.Request, body: bytes, received: float, config: Config) -> Hit:
     """The browser request as a source sees it: body decoded, client IP and `Sec-GPC` read."""
     return Hit(
@@ -30,7 +52,7 @@ def hit_of(request: web.Request, body: bytes, received: float, config: Config) -
         query_string=request.rel_url.raw_query_string,
         body=body,
         content_type=request.headers.get("Content-Type"),
-        cookies=request.cookies,
+        cookies=cookies_of(request),
         client_ip=client_ip(
             request.remote,
             forwarded_for(request.headers.getall("X-Forwarded-For", ())),
