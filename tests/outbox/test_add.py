@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.outbox import DEDUP_WINDOW_S, DeliveryQuery, Finished, Status, Storage
+from gateway.outbox import DEDUP_WINDOW_S, DeliveryQuery, Finished, Status, Storage, group
 from gateway.outbox.sqlite import outbox as sqlite_outbox
 from tests.outbox.builders import deliver_as, event
 from tests.outbox.conftest import Replicas, Sql
@@ -21,6 +21,29 @@ async def test_concurrent_adds_share_transactions(outbox: Storage) -> None:
     assert all(r[0].queued == 1 for r in results)
     # Control and claim at once: 200 adds took far fewer than 200 commits.
     assert 1 <= outbox.commits - before < 100
+
+
+async def _two_adds_apart(outbox: Storage, window_s: float) -> int:
+    """Commits taken by two adds queued 20 ms apart, with the group window at `window_s`."""
+    outbox.window_s = window_s  # type: ignore[attr-defined]
+    before = outbox.commits
+    first = asyncio.create_task(outbox.add([event("w1")]))
+    await asyncio.sleep(0.02)
+    await asyncio.gather(first, outbox.add([event("w2")]))
+    return outbox.commits - before
+
+
+async def test_an_add_within_the_group_window_joins_the_group(outbox: Storage) -> None:
+    assert await _two_adds_apart(outbox, 0.5) == 1
+    # Control: without the window the second add, 20 ms later, is a group of its own.
+    assert await _two_adds_apart(outbox, 0) == 2
+
+
+async def test_a_big_group_skips_the_window(outbox: Storage) -> None:
+    outbox.window_s = 60  # type: ignore[attr-defined]
+    # A window of a minute: only a group of SMALL_GROUP or more returns within seconds.
+    adds = [outbox.add([event(f"b{i}")]) for i in range(group.SMALL_GROUP)]
+    assert len(await asyncio.wait_for(asyncio.gather(*adds), 10)) == group.SMALL_GROUP
 
 
 async def test_same_key_in_one_group_is_a_duplicate(outbox: Storage) -> None:

@@ -143,3 +143,20 @@ async def test_one_serve_per_file(path: Path) -> None:
         await first.close()
     again = await SqliteOutbox.open(str(path), exclusive=True)  # closing let the lock go
     await again.close()
+
+
+async def test_a_group_keeps_the_order_its_jobs_queued_in(store: SqliteOutbox) -> None:
+    # A group writes its events before it runs its functions: an add queued after a function
+    # must not be written before it, or a retention pass or a replay would see an add queued
+    # after it (and miss a row queued before it, were the order the other way).
+    def events_now(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    before = store.commits
+    first = store.add([event("o1")])
+    seen = store.write(events_now)
+    after = store.add([event("o2")])
+    _, count, _ = await asyncio.gather(first, seen, after)
+    assert count == 1  # o1 was written before the function ran, o2 after it
+    assert store.commits - before == 2
+    assert await store.write(events_now) == 2
