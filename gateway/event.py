@@ -14,6 +14,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
+from gateway.frozen import fast_init
+
 JSON = Any
 """A value orjson can serialize (str, int, float, bool, None, list, dict)."""
 
@@ -62,6 +64,7 @@ class ConsentState(StrEnum):
     DENIED = "denied"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class User:
     """Who the event is about. Hashed fields may arrive raw or already hashed (64 hex)."""
@@ -85,6 +88,7 @@ class User:
     in the canonical JSON they stand beside the other fields (`user.epik`)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Content:
     """One line item (`custom.contents[]`)."""
@@ -97,6 +101,7 @@ class Content:
     brand: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Custom:
     """Business data. Known keys are typed; anything else rides in `extra` unchanged."""
@@ -119,6 +124,7 @@ CUSTOM_FIELDS: Final = frozenset(f.name for f in fields(Custom)) - {"extra"}
 """The typed `custom` fields; any other key of a canonical `custom` lives in `extra`."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Consent:
     """The four purposes of docs/consent.md §7, each resolved or None (no signal)."""
@@ -140,6 +146,7 @@ class Consent:
         return self.get(purpose) is ConsentState.GRANTED
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RawHit:
     """The browser request as it arrived, kept only for a transparent `forward` destination."""
@@ -154,6 +161,7 @@ class RawHit:
     """The browser's `Accept-Language`, which a forward passes on (GA4 reads the language)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MetaExtras:
     """What a Meta pixel hit carries that only a Meta destination reads."""
@@ -165,6 +173,7 @@ class MetaExtras:
     dpost: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Ga4Extras:
     """What a GA4 hit carries that only a GA4 destination reads (session, engagement, user
@@ -188,6 +197,7 @@ class Ga4Extras:
     """The hit's own items, every item field kept, after the personal-data gate."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TikTokExtras:
     """What a TikTok pixel hit carries that only a TikTok destination reads."""
@@ -197,6 +207,7 @@ class TikTokExtras:
     pixel_code: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Event:
     """One canonical event (docs/http.md §4)."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, NamedTuple
 
+from gateway.frozen import fast_init
+
 DEDUP_WINDOW_S: Final = 48 * 3600
 """A live delivery blocks a later copy of its event for this long (docs/operations.md §5)."""
 
@@ -78,6 +80,7 @@ REPLAY_REASONS: Final = {
 # --- what goes in ------------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NewDelivery:
     """A delivery row to create with its event."""
@@ -90,6 +93,7 @@ class NewDelivery:
     """The name this destination knows the event by, when a rule renamed it."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NewTouch:
     """One visitor key of an event, for attribution: a touch when `channel` is set."""
@@ -100,6 +104,7 @@ class NewTouch:
     campaign: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event row and its delivery rows, as the pipeline hands them to the outbox."""
@@ -140,6 +145,7 @@ Lease = tuple[int, float]
 # --- what comes out ----------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Added:
     """What became of one added event: its row id and how many deliveries were duplicates."""

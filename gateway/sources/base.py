@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from gateway.event import Event
+from gateway.frozen import fast_init
 from gateway.settings import SourceSettings
 
 GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -42,6 +43,7 @@ class Outcome(StrEnum):
     STORE_ERROR = "store_error"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Hit:
     """A browser request, reduced to what parsers read. Built once per request by the app."""
@@ -62,6 +64,7 @@ class Hit:
     accept_language: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """What a parser made of a hit."""
