@@ -17,9 +17,10 @@ is held when the process stops is written if the storage takes it by then, else 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Final
 
@@ -64,7 +65,7 @@ class Backlog:
 
     def __init__(
         self,
-        commit: Callable[[Sequence[NewEvent]], Awaitable[list[Added]]],
+        commit: Callable[[Sequence[NewEvent]], asyncio.Future[list[Added]]],
         metrics: Metrics,
         max_events: int,
         max_bytes: int,
@@ -83,18 +84,35 @@ class Backlog:
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain_forever(), name="outage-backlog")
 
-    async def write(self, rows: Sequence[NewEvent]) -> Kept:
-        """Commit `rows`; when that fails, or while earlier rows wait, hold them."""
-        if not self._held:
-            try:
-                await self._commit(rows)
-            except StoreClosed:
-                raise
-            except Exception as exc:  # the store logged the detail (store.write_failed)
-                log.warning("outage.write_failed", error=type(exc).__name__)
-            else:
-                return Kept.STORED
-        return self._hold(rows)
+    def submit(self, rows: Sequence[NewEvent]) -> asyncio.Future[Kept]:
+        """Commit `rows`; when that fails, or while earlier rows wait, hold them. The future
+        says which, and the rows end stored or held whether anyone still waits on it or not.
+        Raises `StoreClosed` (at once, or on the future) when the store is closing."""
+        kept: asyncio.Future[Kept] = asyncio.get_running_loop().create_future()
+        if self._held:
+            kept.set_result(self._hold(rows))
+        else:
+            self._commit(rows).add_done_callback(functools.partial(self._written, rows, kept))
+        return kept
+
+    def _written(
+        self,
+        rows: Sequence[NewEvent],
+        kept: asyncio.Future[Kept],
+        written: asyncio.Future[list[Added]],
+    ) -> None:
+        error = StoreClosed("cancelled") if written.cancelled() else written.exception()
+        if isinstance(error, StoreClosed):
+            if not kept.done():
+                kept.set_exception(error)
+            return
+        if error is None:
+            result = Kept.STORED
+        else:  # the store logged the detail (store.write_failed)
+            log.warning("outage.write_failed", error=type(error).__name__)
+            result = self._hold(rows)
+        if not kept.done():
+            kept.set_result(result)
 
     def _hold(self, rows: Sequence[NewEvent]) -> Kept:
         size = size_of(rows)

@@ -65,7 +65,7 @@ async def backlog_context(app: web.Application) -> AsyncIterator[None]:
     """Hits held through a storage outage; written (or logged as lost) before the store
     closes, after the workers stopped (cleanups run in reverse)."""
     limits = app[CONFIG].storage.outage_buffer
-    backlog = Backlog(app[PIPELINE].commit, app[METRICS], limits.max_events, limits.max_bytes)
+    backlog = Backlog(app[PIPELINE].commit_soon, app[METRICS], limits.max_events, limits.max_bytes)
     backlog.start()
     app[BACKLOG] = backlog
     yield

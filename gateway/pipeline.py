@@ -7,6 +7,8 @@ no payload.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
@@ -221,12 +223,26 @@ class Pipeline:
     async def commit(self, rows: Sequence[NewEvent]) -> list[Added]:
         """Store prepared rows durably; returns after COMMIT."""
         added = await self.store.add(rows)
+        self._stored(rows, added)
+        return added
+
+    def commit_soon(self, rows: Sequence[NewEvent]) -> asyncio.Future[list[Added]]:
+        """`commit` as a future settled after COMMIT, the rows counted as it settles: the
+        browser hit's path, with no task of its own."""
+        written = self.store.add_soon(rows)
+        written.add_done_callback(functools.partial(self._settled, rows))
+        return written
+
+    def _settled(self, rows: Sequence[NewEvent], written: asyncio.Future[list[Added]]) -> None:
+        if not written.cancelled() and written.exception() is None:
+            self._stored(rows, written.result())
+
+    def _stored(self, rows: Sequence[NewEvent], added: Sequence[Added]) -> None:
         if self.on_stored is not None:  # preview: which rows a traced hit became
             self.on_stored(rows, added)
         for result in added:
             for destination, status in result.statuses:
                 self.metrics.count_delivery(destination, status)
-        return added
 
 
 def _without_personal_data(event: Event) -> Event:

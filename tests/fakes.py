@@ -110,6 +110,15 @@ class FakeOutbox:
 
     async def add(self, events: Sequence[NewEvent]) -> list[Added]:
         """Store events' delivery rows; `on_queued` hears of the destinations given work."""
+        return self._add(events)
+
+    def add_soon(self, events: Sequence[NewEvent]) -> asyncio.Future[list[Added]]:
+        """`add` as the browser path calls it: a future, here settled at once."""
+        future: asyncio.Future[list[Added]] = asyncio.get_running_loop().create_future()
+        future.set_result(self._add(events))
+        return future
+
+    def _add(self, events: Sequence[NewEvent]) -> list[Added]:
         added: list[Added] = []
         touched: set[str] = set()
         for event in events:

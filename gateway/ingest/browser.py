@@ -148,10 +148,8 @@ async def _ingest(
         rows = pipeline.prepare(events, send_to)
         if trace is not None:
             trace.prepared(events, rows, send_to)
-        # A task, so that a write slower than the wait still ends held or stored.
-        write = asyncio.ensure_future(app[BACKLOG].write(rows))
-        done, _ = await asyncio.wait((write,), timeout=BROWSER_STORE_WAIT_S)
-        kept = write.result() if done else None
+        # The rows end held or stored even when the wait runs out first.
+        kept = await _within(app[BACKLOG].submit(rows), BROWSER_STORE_WAIT_S)
     except Exception as exc:
         log.error("hit.store_failed", source=source.name, error=type(exc).__name__)
         return Outcome.STORE_ERROR, plan
@@ -164,6 +162,28 @@ async def _ingest(
     elif kept is Kept.HELD:
         notes["stored"] = "held in memory: storage refuses writes"
     return parsed.outcome, plan
+
+
+async def _within(future: asyncio.Future[Kept], timeout_s: float) -> Kept | None:
+    """The future's result, or None when `timeout_s` passes first; the future is left to
+    finish. (asyncio.wait would wrap it in a task of its own: a third of a hit's wait.)"""
+    if not future.done():
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def release(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, release)
+        future.add_done_callback(release)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            future.remove_done_callback(release)
+        if not future.done():
+            return None
+    return future.result()
 
 
 def _warn_value_without_currency(source: Source, events: Sequence[Event]) -> None:

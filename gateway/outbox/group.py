@@ -93,10 +93,15 @@ class GroupCommit:
 
     async def add(self, events: Sequence[NewEvent]) -> list[Added]:
         """Store events and their deliveries; returns once they are committed."""
+        return await self.add_soon(events)
+
+    def add_soon(self, events: Sequence[NewEvent]) -> asyncio.Future[list[Added]]:
+        """Queue events for the next group; the future is settled after its COMMIT. No task
+        per call: a browser hit waits on this future itself."""
         self._check_open()
         future: asyncio.Future[list[Added]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(AddJob(events, future))
-        return await future
+        return future
 
     async def _commit_group(
         self, events: list[NewEvent], fns: list[FnJob]

@@ -5,6 +5,7 @@ where they differ on purpose, the method says so.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -62,6 +63,10 @@ class Ingest(Protocol):
     async def add(self, events: Sequence[NewEvent]) -> list[Added]:
         """Store events and their deliveries, a group of callers in one transaction; return
         after COMMIT. A later copy of a live delivery's event is written as a duplicate."""
+
+    def add_soon(self, events: Sequence[NewEvent]) -> asyncio.Future[list[Added]]:
+        """`add` without a coroutine: the events are queued at once and the future settles
+        after their COMMIT (raises `StoreClosed` at once when the store is closing)."""
 
 
 class Worker(Protocol):

@@ -23,9 +23,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+import structlog
 
 from gateway import config as config_module
 from gateway.config import Config
+from gateway.ingest import browser
 from tests.conftest import Gateway, eventually, start_serve
 
 
@@ -160,6 +162,43 @@ async def test_a_storage_outage_holds_browser_hits_and_readyz_says_so(
     finally:
         await stop(proc)
     assert proc.returncode == 0
+
+
+async def test_a_commit_slower_than_the_browser_wait_answers_and_still_stores(
+    start_gateway: Callable[[Config], Awaitable[Gateway]],
+    make_config: Callable[[str], Config],
+    sqlite_only: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(browser, "BROWSER_STORE_WAIT_S", 0.3)
+    gw = await start_gateway(
+        make_config("destinations: {audit: {type: dry_run}}\nsources: {meta_pixel: {}}\n")
+    )
+    release = asyncio.Event()
+
+    async def hold(conn: object) -> None:  # the writer's transaction stays open until released
+        await release.wait()
+
+    blocker = asyncio.create_task(gw.store.write(hold))
+    await asyncio.sleep(0.05)
+    url = urlsplit(pixel(0, "slow"))
+    with structlog.testing.capture_logs() as logs:
+        started = time.monotonic()
+        r = await gw.client.get(f"{url.path}?{url.query}")
+        waited = time.monotonic() - started
+        assert r.status == 200
+        assert (await r.read()).startswith(b"GIF")
+    # Control: the answer came after the wait ran out, while the commit was still held.
+    assert 0.3 <= waited < 2.0
+    assert [e["waited_s"] for e in logs if e["event"] == "hit.store_slow"] == [0.3]
+    assert await gw.rows("SELECT event_id FROM events WHERE event_id = 'slow'") == []
+    release.set()
+    await blocker
+
+    async def stored() -> bool:
+        return bool(await gw.rows("SELECT event_id FROM events WHERE event_id = 'slow'"))
+
+    await eventually(stored)
 
 
 async def test_a_second_serve_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
